@@ -1,0 +1,1 @@
+"""Every interface of pixsearch: command line, HTTP API and web page."""

@@ -1,0 +1,282 @@
+"""The `pixsearch` command line. Heavy modules are imported inside commands: --help is instant."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+
+if TYPE_CHECKING:
+    from indexer.settings import Settings
+    from search.engine import Hit
+
+log = logging.getLogger(__name__)
+
+app = typer.Typer(
+    name="pixsearch",
+    help="Local photo search: index folders of photos, then search them by text or by example.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+_overrides: dict[str, Any] = {}
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
+KOption = Annotated[int, typer.Option("-k", "--top", min=1, max=10000, help="Number of results.")]
+
+
+@app.callback()
+def _global(
+    home: Annotated[Path | None, typer.Option(help="Data folder [env PIXSEARCH_HOME].")] = None,
+    model: Annotated[str | None, typer.Option(help="open_clip model [PIXSEARCH_MODEL].")] = None,
+    pretrained: Annotated[
+        str | None, typer.Option(help="Pretrained tag or checkpoint [PIXSEARCH_PRETRAINED].")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda [PIXSEARCH_DEVICE].")] = None,
+    verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="More logs.")] = 0,
+) -> None:
+    """Flags given here override the PIXSEARCH_* environment variables."""
+    for key, value in (("home", home), ("model", model), ("pretrained", pretrained),
+                       ("device", device)):
+        if value is not None:
+            _overrides[key] = value
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="pixsearch: %(levelname)s: %(message)s",
+                        stream=sys.stderr, force=True)
+    if verbose < 2:
+        for noisy in ("PIL", "urllib3", "huggingface_hub", "filelock"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def settings(**extra: Any) -> Settings:
+    """Settings from the environment, with command-line flags on top."""
+    from pydantic import ValidationError
+
+    from indexer.errors import InvalidInput
+    from indexer.settings import Settings
+
+    try:
+        return Settings(**{**_overrides, **extra})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "settings"
+        raise InvalidInput(f"invalid setting {where}: {err['msg']}") from None
+
+
+class _Bar:
+    """A rich progress bar on stderr, with images per second."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeRemainingColumn)
+
+        self._progress = Progress(
+            TextColumn("indexing"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+            console=Console(stderr=True), transient=True,
+        )
+        self._task: Any = None
+
+    def start(self, total: int) -> None:
+        self._progress.start()
+        self._task = self._progress.add_task("index", total=total, rate="")
+
+    def advance(self, n: int) -> None:
+        self._progress.advance(self._task, n)
+        speed = self._progress.tasks[0].speed
+        self._progress.update(self._task, rate=f"{speed:.1f} img/s" if speed else "")
+
+    def stop(self) -> None:
+        self._progress.stop()
+
+
+@app.command()
+def index(
+    paths: Annotated[list[Path], typer.Argument(help="Folders and files to index.")],
+    as_json: JsonFlag = False,
+    hidden: Annotated[bool, typer.Option("--hidden", help="Include hidden files/folders.")] = False,
+    batch_size: Annotated[int | None, typer.Option(min=1, max=4096)] = None,
+    workers: Annotated[int | None, typer.Option(min=0, max=256, help="Decoding threads.")] = None,
+) -> None:
+    """Index photos: new files are added, changed ones updated, moved ones followed."""
+    from indexer.encoder import get_encoder
+    from indexer.home import Home
+    from indexer.pipeline import Indexer
+
+    extra: dict[str, Any] = {"include_hidden": True} if hidden else {}
+    if batch_size:
+        extra["batch_size"] = batch_size
+    if workers is not None:
+        extra["workers"] = workers
+    cfg = settings(**extra)
+    bar = _Bar() if sys.stderr.isatty() else None
+    try:
+        report = Indexer(Home(cfg), get_encoder(cfg), progress=bar).run([str(p) for p in paths])
+    finally:
+        if bar is not None:
+            bar.stop()
+    if as_json:
+        typer.echo(json.dumps(report.to_dict()))
+        return
+    typer.echo(
+        f"{report.scanned} scanned: {report.added} added, {report.updated} updated, "
+        f"{report.unchanged} unchanged, {report.moved} moved, {report.removed} removed, "
+        f"{len(report.failed)} failed ({report.seconds:.1f} s, "
+        f"{report.images_per_second:.1f} images/s)"
+    )
+    for failure in report.failed[:20]:
+        typer.echo(f"  failed: {failure.path}: {failure.error}", err=True)
+    if len(report.failed) > 20:
+        typer.echo(f"  ... and {len(report.failed) - 20} more (see --json)", err=True)
+
+
+def _print_hits(hits: list[Hit], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps([h.to_dict() for h in hits]))
+        return
+    if not hits:
+        typer.echo("no results")
+        return
+    typer.echo(f"{'score':>7}  {'id':>7}  {'size':>11}  {'taken':<19}  path")
+    for h in hits:
+        taken = h.taken_at.isoformat(sep=" ") if h.taken_at else "-"
+        typer.echo(f"{h.score:7.4f}  {h.id:>7}  {f'{h.width}x{h.height}':>11}  {taken:<19}  "
+                   f"{h.path}")
+
+
+def _searcher() -> Any:
+    from indexer.encoder import get_encoder
+    from indexer.home import Home
+    from search.engine import Searcher
+
+    cfg = settings()
+    return Searcher(Home(cfg), get_encoder(cfg))
+
+
+@app.command()
+def search(
+    text: Annotated[str, typer.Argument(help="What to look for, in words.")],
+    k: KOption = 10,
+    as_json: JsonFlag = False,
+) -> None:
+    """Find photos matching a text."""
+    _print_hits(_searcher().text(text, k), as_json)
+
+
+@app.command()
+def similar(
+    image: Annotated[str, typer.Argument(help="An indexed image id, or the path of any image.")],
+    k: KOption = 10,
+    as_json: JsonFlag = False,
+) -> None:
+    """Find photos similar to an image (an indexed one is its own first hit)."""
+    _print_hits(_searcher().similar(image, k), as_json)
+
+
+@app.command()
+def status(as_json: JsonFlag = False) -> None:
+    """Show the home, the model, how many images are indexed and the index size."""
+    from indexer.encoder import model_key
+    from indexer.home import Home
+
+    cfg = settings()
+    home = Home(cfg)
+    key = model_key(cfg.model, cfg.pretrained)
+    info: dict[str, Any] = {"home": str(home.path), "model": key, "images": 0,
+                            "indexed_with_model": 0, "index_type": None, "index_bytes": 0,
+                            "database_bytes": 0, "home_bytes": 0}
+    if home.exists():
+        info["images"] = home.image_count()
+        row = home.model_row(key)
+        if row is not None:
+            info["indexed_with_model"] = home.count_vectors(row.id)
+            idx = home.load_index(key, row.id, row.dim)
+            info["index_type"] = idx.kind
+            path = home.index_path(key)
+            info["index_bytes"] = path.stat().st_size if path.exists() else 0
+        info["home_bytes"] = home.size_on_disk()
+        db_file = home.path / "pixsearch.db"
+        info["database_bytes"] = db_file.stat().st_size if db_file.exists() else 0
+    if as_json:
+        typer.echo(json.dumps(info))
+        return
+    for key_, value in info.items():
+        typer.echo(f"{key_:>18}: {value if value is not None else '-'}")
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Option("--out", help="The .npz file to write.")],
+) -> None:
+    """Write ids, paths and float32 unit-norm embeddings to an .npz file."""
+    import numpy as np
+
+    from indexer.errors import InvalidInput
+    from indexer.vectors import atomic_write
+
+    searcher = _searcher()
+    model = searcher.model()
+    ids, vecs = searcher.home.stored_vectors(model.id, model.dim)
+    rows = searcher.home.images_by_id([int(i) for i in ids])
+    paths = np.asarray([rows[int(i)].path for i in ids], dtype=str)
+    if out.suffix != ".npz":
+        raise InvalidInput(f"{out}: the output file must end in .npz")
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, ids=ids, paths=paths, embeddings=vecs.astype(np.float32))
+    try:
+        atomic_write(out.expanduser().absolute(), buf.getvalue())
+    except OSError as exc:
+        raise InvalidInput(f"cannot write {out}: {exc.strerror or exc}") from None
+    typer.echo(f"wrote {len(ids)} embeddings of dimension {model.dim} to {out}")
+
+
+@app.command()
+def models() -> None:
+    """List the open_clip architectures and pretrained tags pixsearch can use."""
+    import open_clip
+
+    for name, tag in open_clip.list_pretrained():
+        typer.echo(f"{name:<32} {tag}")
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    sys.stderr.write(f"pixsearch: error: {message}\n")
+    raise SystemExit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: every error is one line on stderr and an exit status, never a traceback."""
+    import click
+
+    from indexer.errors import PixsearchError
+
+    try:
+        typer.main.get_command(app).main(args=argv, prog_name="pixsearch", standalone_mode=False)
+    except PixsearchError as exc:
+        _fail(str(exc), 1)
+    except click.exceptions.Abort:
+        _fail("interrupted; run the same command again to continue", 130)
+    except KeyboardInterrupt:
+        _fail("interrupted; run the same command again to continue", 130)
+    except click.ClickException as exc:
+        _fail(exc.format_message(), exc.exit_code)
+    except click.exceptions.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    except BrokenPipeError:
+        raise SystemExit(0) from None
+    except Exception as exc:  # the last line of defence: no traceback reaches a user
+        log.debug("internal error", exc_info=True)
+        _fail(f"internal error: {type(exc).__name__}: {exc} (run with -vv for details)", 70)
+
+
+if __name__ == "__main__":
+    main()

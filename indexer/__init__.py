@@ -1,0 +1,1 @@
+"""Ingestion and the stored format: settings, images, encoders, database and vector index."""

@@ -1,0 +1,138 @@
+"""The database, source of truth: SQLAlchemy 2 models, engine set-up and migrations."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import (
+    Engine,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    create_engine,
+    event,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+log = logging.getLogger(__name__)
+
+#: The Alembic revision this code expects; a test checks it is the head of migrations/.
+SCHEMA_REVISION = "0001"
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table."""
+
+
+class Image(Base):
+    """One row per image file. Its id is also its id in the FAISS index."""
+
+    __tablename__ = "images"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(String, unique=True)
+    size: Mapped[int] = mapped_column(Integer)
+    mtime_ns: Mapped[int] = mapped_column(Integer)
+    content_hash: Mapped[str] = mapped_column(String(32), index=True)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    format: Mapped[str] = mapped_column(String(16))
+    taken_at: Mapped[datetime | None] = mapped_column(index=True)
+    camera_make: Mapped[str | None] = mapped_column(String(64))
+    camera_model: Mapped[str | None] = mapped_column(String(64))
+    gps_lat: Mapped[float | None] = mapped_column(Float)
+    gps_lon: Mapped[float | None] = mapped_column(Float)
+    indexed_at: Mapped[datetime]
+
+    # AUTOINCREMENT: an id is never reused, so a stale FAISS hit or a client's old link
+    # can never point at a different photo.
+    __table_args__ = {"sqlite_autoincrement": True}
+
+
+class Model(Base):
+    """An embedding model: open_clip architecture plus weights."""
+
+    __tablename__ = "models"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String, unique=True)
+    dim: Mapped[int] = mapped_column(Integer)
+    #: Bumped by every write that changes this model's set of vectors; the FAISS
+    #: index records the generation it was built from, so staleness is one comparison.
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Embedding(Base):
+    """A unit-norm float32 vector per (file content, model): identical files share one."""
+
+    __tablename__ = "embeddings"
+
+    content_hash: Mapped[str] = mapped_column(String(32), primary_key=True)
+    model_id: Mapped[int] = mapped_column(
+        ForeignKey("models.id", ondelete="CASCADE"), primary_key=True
+    )
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+    __table_args__ = (Index("ix_embeddings_model", "model_id"),)
+
+
+def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
+    cur = dbapi_conn.cursor()  # type: ignore[attr-defined]
+    # WAL lets searches read while an indexing run writes; NORMAL is durable at each
+    # checkpoint and safe against corruption in WAL mode.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=60000")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url`; SQLite gets WAL mode and a generous busy timeout."""
+    engine = create_engine(url, connect_args={"timeout": 60} if url.startswith("sqlite") else {})
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def migrations_dir() -> Path:
+    """Where the Alembic scripts live (the repository's migrations/, or the installed copy)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "migrations", here / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise FileNotFoundError("pixsearch's migrations folder is missing from the installation")
+
+
+def alembic_config(url: str) -> object:
+    """An Alembic Config for `url` that needs no alembic.ini."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def upgrade(engine: Engine) -> None:
+    """Bring the schema to the head revision, importing Alembic only when there is work."""
+    with engine.connect() as conn:
+        try:
+            current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        except Exception:  # no table yet: a new database
+            current = None
+    if current == SCHEMA_REVISION:
+        return
+    from alembic import command
+
+    log.info("migrating database from %s to %s", current or "empty", SCHEMA_REVISION)
+    cfg = alembic_config(str(engine.url.render_as_string(hide_password=False)))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn  # type: ignore[attr-defined]
+        command.upgrade(cfg, "head")  # type: ignore[arg-type]

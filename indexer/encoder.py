@@ -1,0 +1,245 @@
+"""CLIP encoders: images and texts into one L2-normalised space (open_clip)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from indexer.errors import ModelUnavailable
+from indexer.types import Embeddings
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image as PILImage
+
+    from indexer.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: A batch of prepared pictures: (n, S, S, 3) uint8, already resized and cropped.
+Pixels = npt.NDArray[np.uint8]
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU runs bfloat16 matrix work natively (AVX-512 BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@dataclass(frozen=True, slots=True)
+class Preprocess:
+    """The model's own preprocessing, as open_clip configures it."""
+
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resize_mode: str
+
+
+def resolve_model_name(model: str) -> str:
+    """An open_clip architecture name; a path to a config JSON is registered under its stem."""
+    path = Path(model).expanduser()
+    if model.endswith(".json"):
+        if not path.is_file():
+            raise ModelUnavailable(f"model config file {model} does not exist")
+        import open_clip
+
+        open_clip.add_model_config(path)
+        return path.stem
+    return model
+
+
+def model_key(model: str, pretrained: str) -> str:
+    """The name under which a model's embeddings are stored."""
+    name = Path(model).stem if model.endswith(".json") else model
+    weights = Path(pretrained).name if _is_path(pretrained) else pretrained
+    return f"{name}/{weights}"
+
+
+def _is_path(pretrained: str) -> bool:
+    return "/" in pretrained or "\\" in pretrained or Path(pretrained).suffix in (
+        ".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+class ClipEncoder:
+    """An open_clip model loaded lazily, once, embedding batches of images and texts."""
+
+    def __init__(
+        self, model: str, pretrained: str, device: str = "auto", precision: str = "auto"
+    ) -> None:
+        self.model_name = model
+        self.pretrained = pretrained
+        self.requested_device = device
+        self.requested_precision = precision
+        self.key = model_key(model, pretrained)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ClipEncoder:
+        """The encoder the settings name (not loaded yet)."""
+        return cls(settings.model, settings.pretrained, settings.device, settings.precision)
+
+    @cached_property
+    def device(self) -> str:
+        """The torch device the model runs on."""
+        import torch
+
+        if self.requested_device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if self.requested_device == "cuda" and not torch.cuda.is_available():
+            raise ModelUnavailable("PIXSEARCH_DEVICE=cuda, but no CUDA device is available")
+        return self.requested_device
+
+    @cached_property
+    def dtype(self) -> torch.dtype:
+        """Compute precision: bf16 on capable CPUs, fp16 on CUDA, else fp32."""
+        import torch
+
+        choice = self.requested_precision
+        if choice == "auto":
+            if self.device == "cuda":
+                choice = "fp16"
+            else:
+                choice = "bf16" if cpu_has_bf16() else "fp32"
+        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[choice]
+
+    @cached_property
+    def _model(self) -> Any:
+        import open_clip
+        import torch
+
+        name = resolve_model_name(self.model_name)
+        if name not in open_clip.list_models():
+            raise ModelUnavailable(
+                f"unknown model '{self.model_name}': use an open_clip architecture name "
+                "(`pixsearch models` lists them) or the path of a model config JSON"
+            )
+        pretrained = self.pretrained
+        if _is_path(pretrained):
+            path = Path(pretrained).expanduser()
+            if not path.is_file():
+                raise ModelUnavailable(f"checkpoint file {pretrained} does not exist")
+            pretrained = str(path)
+        try:
+            model = open_clip.create_model(name, pretrained=pretrained or None, device="cpu")
+        except Exception as exc:  # open_clip raises many kinds; every one means "no weights"
+            reason = " ".join(str(exc).split())[:160]
+            raise ModelUnavailable(
+                f"cannot load weights '{self.pretrained}' for model '{name}' ({reason}); "
+                "without network, download the checkpoint once elsewhere and set "
+                "PIXSEARCH_PRETRAINED=/path/to/checkpoint (.bin, .pt or .safetensors)"
+            ) from None
+        model.eval()
+        model.to(device=self.device, dtype=self.dtype)
+        torch.set_grad_enabled(False)
+        log.info("loaded %s on %s in %s", self.key, self.device, self.dtype)
+        return model
+
+    def load(self) -> ClipEncoder:
+        """Load the model now (it is otherwise loaded on first use)."""
+        with self._lock:
+            _ = self._model
+        return self
+
+    @cached_property
+    def _tokenizer(self) -> Any:
+        import open_clip
+
+        return open_clip.get_tokenizer(resolve_model_name(self.model_name))
+
+    @cached_property
+    def preprocess(self) -> Preprocess:
+        """The model's input size, normalisation and resize mode."""
+        cfg = getattr(self._model.visual, "preprocess_cfg", {})
+        size = cfg.get("size", self._model.visual.image_size)
+        size = size[0] if isinstance(size, tuple | list) else size
+        return Preprocess(
+            size=int(size),
+            mean=tuple(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))),  # type: ignore[arg-type]
+            std=tuple(cfg.get("std", (0.26862954, 0.26130258, 0.27577711))),  # type: ignore[arg-type]
+            resize_mode=str(cfg.get("resize_mode", "shortest")),
+        )
+
+    @cached_property
+    def dim(self) -> int:
+        """Embedding dimension."""
+        return int(self.embed_texts(["a photo"]).shape[1])
+
+    def prepare(self, img: PILImage.Image) -> Pixels:
+        """Resize and crop an RGB image exactly as open_clip's transforms do, as uint8."""
+        from PIL import Image
+
+        size = self.preprocess.size
+        w, h = img.size
+        if self.preprocess.resize_mode == "squash":
+            return np.asarray(img.resize((size, size), Image.Resampling.BICUBIC))
+        # torchvision's Resize(size) then CenterCrop(size), with the same rounding.
+        if w <= h:
+            new_w, new_h = size, int(size * h / w)
+        else:
+            new_w, new_h = int(size * w / h), size
+        if (new_w, new_h) != (w, h):
+            img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
+        top = int(round((new_h - size) / 2.0))
+        left = int(round((new_w - size) / 2.0))
+        return np.asarray(img.crop((left, top, left + size, top + size)))
+
+    def embed_pixels(self, pixels: Pixels) -> Embeddings:
+        """Embed prepared pictures (n, S, S, 3) uint8 into unit-norm float32 rows."""
+        import torch
+
+        model = self._model
+        batch = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device)
+        x = batch.permute(0, 3, 1, 2).float().div_(255.0)
+        mean = torch.tensor(self.preprocess.mean, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.preprocess.std, device=self.device).view(1, 3, 1, 1)
+        x = ((x - mean) / std).to(self.dtype).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            out = model.encode_image(x)
+        return _normalise(out)
+
+    def embed_images(self, images: Sequence[PILImage.Image]) -> Embeddings:
+        """Embed RGB images (any size) into unit-norm float32 rows."""
+        if not images:
+            return np.zeros((0, self.dim), np.float32)
+        return self.embed_pixels(np.stack([self.prepare(im) for im in images]))
+
+    def embed_texts(self, texts: Sequence[str]) -> Embeddings:
+        """Embed texts into unit-norm float32 rows, in the images' space."""
+        import torch
+
+        model = self._model
+        tokens = self._tokenizer(list(texts)).to(self.device)
+        with torch.inference_mode():
+            out = model.encode_text(tokens)
+        return _normalise(out)
+
+
+def _normalise(out: torch.Tensor) -> Embeddings:
+    vecs = out.float().cpu().numpy()
+    norms = np.linalg.norm(vecs, axis=1, keepdims=True)
+    return (vecs / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+_encoders: dict[tuple[str, str, str, str], ClipEncoder] = {}
+_encoders_lock = threading.Lock()
+
+
+def get_encoder(settings: Settings) -> ClipEncoder:
+    """The process-wide encoder for these settings: models are loaded once per process."""
+    key = (settings.model, settings.pretrained, settings.device, settings.precision)
+    with _encoders_lock:
+        if key not in _encoders:
+            _encoders[key] = ClipEncoder(*key)
+        return _encoders[key]

@@ -1,0 +1,27 @@
+"""Domain errors raised by the core; only `api/` turns them into HTTP answers or CLI messages."""
+
+from __future__ import annotations
+
+
+class PixsearchError(Exception):
+    """Base class of every error pixsearch reports to a user as one line."""
+
+
+class UnreadableImage(PixsearchError):
+    """A file could not be read as an image (empty, truncated, not an image, too large...)."""
+
+
+class ModelUnavailable(PixsearchError):
+    """Model weights or configuration could not be loaded."""
+
+
+class NotFound(PixsearchError):
+    """An image id or path the user named is not in the collection."""
+
+
+class InvalidInput(PixsearchError):
+    """A request that cannot be answered as asked (bad argument, missing file...)."""
+
+
+class HomeError(PixsearchError):
+    """The data folder or its database cannot be used."""

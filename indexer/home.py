@@ -1,0 +1,185 @@
+"""A pixsearch home: the data folder with its database and derived FAISS indexes."""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import datetime
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import Engine, func, select, update
+from sqlalchemy.orm import Session
+
+from indexer import db
+from indexer.db import Embedding, Image, Model
+from indexer.errors import HomeError
+from indexer.settings import Settings
+from indexer.types import Embeddings
+from indexer.vectors import Ids, VectorIndex
+
+log = logging.getLogger(__name__)
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
+
+
+class Home:
+    """Opens (creating and migrating as needed) the database of a data folder."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.path = Path(settings.home).expanduser()
+
+    def exists(self) -> bool:
+        """Whether this home already holds a database (nothing is created by asking)."""
+        url = self.settings.db_url
+        if url.startswith("sqlite:///"):
+            return Path(url.removeprefix("sqlite:///")).is_file()
+        return True
+
+    @cached_property
+    def engine(self) -> Engine:
+        """The database engine; creates the folder and migrates the schema on first use."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            engine = db.make_engine(self.settings.db_url)
+            db.upgrade(engine)
+        except OSError as exc:
+            raise HomeError(f"cannot use data folder {self.path}: {exc.strerror or exc}") from None
+        except Exception as exc:
+            if type(exc).__module__.startswith(("sqlalchemy", "alembic")):
+                reason = " ".join(str(exc).split())[:160]
+                raise HomeError(f"cannot open database {self.settings.db_url}: {reason}") from None
+            raise
+        return engine
+
+    def session(self) -> Session:
+        """A new ORM session (use as a context manager)."""
+        return Session(self.engine, expire_on_commit=False)
+
+    # -- models -------------------------------------------------------------------------------
+    def model_row(self, key: str) -> Model | None:
+        """The stored model of this name, if any."""
+        with self.session() as s:
+            return s.scalar(select(Model).where(Model.name == key))
+
+    def ensure_model(self, key: str, dim: int) -> Model:
+        """The stored model of this name, created if new."""
+        with self.session() as s, s.begin():
+            row = s.scalar(select(Model).where(Model.name == key))
+            if row is None:
+                row = Model(name=key, dim=dim, generation=0)
+                s.add(row)
+                s.flush()
+            elif row.dim != dim:
+                raise HomeError(f"model {key} is stored with dimension {row.dim}, not {dim}")
+            return row
+
+    def generation(self, model_id: int) -> int:
+        """The model's current generation: it changes with every write to its vectors."""
+        with self.engine.connect() as conn:
+            value = conn.scalar(select(Model.generation).where(Model.id == model_id))
+        return int(value or 0)
+
+    @staticmethod
+    def bump_generation(s: Session) -> None:
+        """Mark every model's vector set as changed, inside the caller's transaction."""
+        s.execute(update(Model).values(generation=Model.generation + 1))
+
+    # -- embeddings and the FAISS index -------------------------------------------------------
+    def index_path(self, key: str) -> Path:
+        """Where the FAISS index of a model is kept."""
+        return self.path / f"index-{_slug(key)}.faiss"
+
+    def count_vectors(self, model_id: int) -> int:
+        """How many images have an embedding for this model."""
+        with self.engine.connect() as conn:
+            return int(
+                conn.scalar(
+                    select(func.count())
+                    .select_from(Image)
+                    .join(Embedding, Embedding.content_hash == Image.content_hash)
+                    .where(Embedding.model_id == model_id)
+                )
+                or 0
+            )
+
+    def stored_vectors(self, model_id: int, dim: int, ids: Ids | None = None) -> tuple[
+        Ids, Embeddings
+    ]:
+        """(image ids, vectors) of every image with an embedding for the model, or of `ids`."""
+        stmt = (
+            select(Image.id, Embedding.vector)
+            .join(Embedding, Embedding.content_hash == Image.content_hash)
+            .where(Embedding.model_id == model_id)
+            .order_by(Image.id)
+        )
+        out_ids: list[int] = []
+        chunks: list[bytes] = []
+        with self.engine.connect() as conn:
+            if ids is None:
+                rows = conn.execute(stmt)
+                for row in rows:
+                    out_ids.append(row[0])
+                    chunks.append(row[1])
+            else:
+                for start in range(0, len(ids), 900):
+                    part = [int(i) for i in ids[start : start + 900]]
+                    for row in conn.execute(stmt.where(Image.id.in_(part))):
+                        out_ids.append(row[0])
+                        chunks.append(row[1])
+        vecs = np.frombuffer(b"".join(chunks), dtype=np.float32).reshape(-1, dim)
+        return np.asarray(out_ids, dtype=np.int64), vecs
+
+    def load_index(self, key: str, model_id: int, dim: int) -> VectorIndex:
+        """The model's FAISS index: the saved one if it matches the database, else rebuilt."""
+        path = self.index_path(key)
+        generation = self.generation(model_id)
+        count = self.count_vectors(model_id)
+        index, why = VectorIndex.open(path, dim, generation, count)
+        if index is not None:
+            return index
+        ids, vecs = self.stored_vectors(model_id, dim)
+        index = VectorIndex.build(dim, ids, vecs)
+        if path.exists() or count:
+            log.warning(
+                "FAISS index %s is %s; rebuilt it from %d stored embeddings", path.name, why, count
+            )
+        try:
+            index.save(path, generation)
+        except OSError as exc:  # a read-only home still answers queries
+            log.warning("cannot save rebuilt index %s: %s", path, exc)
+        return index
+
+    # -- metadata -----------------------------------------------------------------------------
+    def images_by_id(self, ids: list[int]) -> dict[int, Image]:
+        """Image rows by id (missing ids are simply absent)."""
+        out: dict[int, Image] = {}
+        with self.session() as s:
+            for start in range(0, len(ids), 900):
+                part = ids[start : start + 900]
+                for row in s.scalars(select(Image).where(Image.id.in_(part))):
+                    out[row.id] = row
+        return out
+
+    def image_by_path(self, path: str) -> Image | None:
+        """The image row of a path, if indexed."""
+        with self.session() as s:
+            return s.scalar(select(Image).where(Image.path == path))
+
+    def image_count(self) -> int:
+        """Number of image rows."""
+        with self.engine.connect() as conn:
+            return int(conn.scalar(select(func.count()).select_from(Image)) or 0)
+
+    def size_on_disk(self) -> int:
+        """Bytes used by the home folder's files."""
+        return sum(p.stat().st_size for p in self.path.glob("*") if p.is_file())
+
+    @staticmethod
+    def now() -> datetime:
+        """Timestamp for `indexed_at`."""
+        return datetime.now().replace(microsecond=0)

@@ -1,0 +1,268 @@
+"""The indexing run as small stages: scan → read → embed → write."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import numpy as np
+from sqlalchemy import or_, select
+
+from indexer.db import Embedding, Image
+from indexer.encoder import ClipEncoder, Pixels
+from indexer.errors import HomeError, UnreadableImage
+from indexer.home import Home
+from indexer.imageio import DRAFT_OVERSAMPLE, content_hash, decode, read_file
+from indexer.scan import FileEntry, Root, normalise_roots, scan, under
+from indexer.types import Failure, ImageMeta, IndexReport
+from indexer.writer import Writer
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["new", "changed", "reembed"]
+
+#: Seconds between saves of the FAISS index during a long run (it is also saved at the end).
+CHECKPOINT_SECONDS = 120.0
+
+
+class ProgressSink(Protocol):
+    """Where a run reports progress; the CLI draws a bar, tests pass nothing."""
+
+    def start(self, total: int) -> None: ...
+    def advance(self, n: int) -> None: ...
+
+
+@dataclass(slots=True)
+class Job:
+    """A file that must be read: new, changed, or lacking an embedding for this model."""
+
+    entry: FileEntry
+    kind: Kind
+    row_id: int | None = None
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A job after the read stage: hashed, and decoded unless its content is known."""
+
+    job: Job
+    content_hash: str
+    meta: ImageMeta | None = None
+    pixels: Pixels | None = None
+
+
+@dataclass(slots=True)
+class Plan:
+    """What the scan and the database say must happen."""
+
+    jobs: list[Job] = field(default_factory=list)
+    missing: dict[int, str] = field(default_factory=dict)  # row id -> content hash
+    unchanged: int = 0
+    scanned: int = 0
+    failed: list[Failure] = field(default_factory=list)
+
+
+def plan(home: Home, roots: Sequence[Root], entries: Iterator[FileEntry | Failure],
+         embedded: set[str]) -> Plan:
+    """Compare the files on disk with the rows under the roots (the scan stage's result)."""
+    p = Plan()
+    found: dict[str, FileEntry] = {}
+    for item in entries:
+        if isinstance(item, Failure):
+            p.failed.append(item)
+        else:
+            found[item.path] = item
+    p.scanned = len(found) + len(p.failed)
+    rows = _rows_under(home, roots) if home.exists() else {}
+    for path, entry in found.items():
+        row = rows.get(path)
+        if row is None:
+            p.jobs.append(Job(entry, "new"))
+            continue
+        row_id, size, mtime_ns, digest = row
+        if size != entry.size or mtime_ns != entry.mtime_ns:
+            p.jobs.append(Job(entry, "changed", row_id))
+        elif digest not in embedded:
+            p.jobs.append(Job(entry, "reembed", row_id))
+        else:
+            p.unchanged += 1
+    for root in roots:
+        here = [(path, row) for path, row in rows.items() if under(root, path)]
+        if not root.exists:
+            continue  # an unmounted drive or a typo must never delete anything
+        if root.is_dir and here and not any(under(root, path) for path in found):
+            log.warning(
+                "%s holds no images now, but %d were indexed there: keeping them "
+                "(an unmounted drive?)", root.path, len(here))
+            continue
+        for path, (row_id, _, _, digest) in here:
+            if path not in found:
+                p.missing[row_id] = digest
+    return p
+
+
+def _rows_under(home: Home, roots: Sequence[Root]) -> dict[str, tuple[int, int, int, str]]:
+    conds = []
+    for root in roots:
+        if root.is_dir:
+            prefix = root.path.rstrip(os.sep) + os.sep
+            # A range on the unique path index: every path that starts with the prefix.
+            upper = prefix[:-1] + chr(ord(os.sep) + 1)
+            conds.append((Image.path >= prefix) & (Image.path < upper))
+        else:
+            conds.append(Image.path == root.path)
+    if not conds:
+        return {}
+    stmt = select(Image.path, Image.id, Image.size, Image.mtime_ns, Image.content_hash).where(
+        or_(*conds)
+    )
+    with home.engine.connect() as conn:
+        return {r[0]: (r[1], r[2], r[3], r[4]) for r in conn.execute(stmt)}
+
+
+def read(job: Job, embedded: set[str], encoder: ClipEncoder, max_pixels: int) -> Prepared | Failure:
+    """The read stage: hash the file, and decode and prepare it unless its content is known."""
+    try:
+        data = read_file(job.entry.path)
+        digest = content_hash(data)
+        if digest in embedded:
+            return Prepared(job, digest)
+        size = encoder.preprocess.size
+        img, meta = decode(data, max_pixels=max_pixels, min_side=size * DRAFT_OVERSAMPLE)
+        return Prepared(job, digest, meta, encoder.prepare(img))
+    except UnreadableImage as exc:
+        return Failure(job.entry.path, str(exc))
+
+
+@contextmanager
+def home_lock(home: Home) -> Iterator[None]:
+    """Hold the home's indexing lock: one indexing run per home at a time."""
+    import fcntl
+
+    home.path.mkdir(parents=True, exist_ok=True)
+    with open(home.path / "index.lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise HomeError(f"another indexing run is using {home.path}; wait for it to end") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class Indexer:
+    """Runs indexing passes over folders into a home, with one encoder."""
+
+    def __init__(self, home: Home, encoder: ClipEncoder, progress: ProgressSink | None = None
+                 ) -> None:
+        self.home = home
+        self.encoder = encoder
+        self.settings = home.settings
+        self.progress = progress
+        self._embedded: set[str] = set()
+
+    def _embedded_hashes(self) -> set[str]:
+        if not self.home.exists():
+            return set()
+        model = self.home.model_row(self.encoder.key)
+        if model is None:
+            return set()
+        with self.home.engine.connect() as conn:
+            return set(conn.scalars(select(Embedding.content_hash).where(
+                Embedding.model_id == model.id)))
+
+    def run(self, paths: Sequence[str | os.PathLike[str]]) -> IndexReport:
+        """Index the files under `paths`: add new, update changed, follow moves, drop deleted."""
+        if not self.home.exists():
+            # A new home is created only once the model is known to load: a missing
+            # checkpoint fails with one clear error and leaves nothing behind.
+            self.encoder.load()
+        with home_lock(self.home):
+            return self._run(paths)
+
+    def _run(self, paths: Sequence[str | os.PathLike[str]]) -> IndexReport:
+        started = time.perf_counter()
+        roots = normalise_roots(paths)
+        embedded = self._embedded = self._embedded_hashes()
+        work = plan(self.home, roots, scan(roots, self.settings.include_hidden), embedded)
+        report = IndexReport(scanned=work.scanned, unchanged=work.unchanged,
+                             failed=list(work.failed))
+        if work.jobs:
+            self.encoder.load()  # fails here, before anything is written
+        writer: Writer | None = None
+        if work.jobs or work.missing:
+            model = self.home.ensure_model(self.encoder.key, self.encoder.dim)
+            index = self.home.load_index(self.encoder.key, model.id, model.dim)
+            writer = Writer(self.home, model, index, work.missing, report)
+        try:
+            if writer is not None and work.jobs:
+                self._embed_all(work.jobs, embedded, writer, report)
+            if writer is not None:
+                writer.finish()
+        finally:
+            if writer is not None:
+                writer.save()
+            report.seconds = time.perf_counter() - started
+        return report
+
+    def _embed_all(self, jobs: list[Job], embedded: set[str], writer: Writer,
+                   report: IndexReport) -> None:
+        if self.progress is not None:
+            self.progress.start(len(jobs))
+        batch: list[Prepared] = []
+        decoded = 0
+        for result in self._read_stage(jobs, embedded):
+            if isinstance(result, Failure):
+                report.failed.append(result)
+                self._advance(1)
+                continue
+            batch.append(result)
+            decoded += result.pixels is not None
+            if decoded >= self.settings.batch_size or len(batch) >= 4 * self.settings.batch_size:
+                self._flush(batch, writer)
+                batch, decoded = [], 0
+        if batch:
+            self._flush(batch, writer)
+
+    def _read_stage(self, jobs: list[Job], embedded: set[str]) -> Iterator[Prepared | Failure]:
+        workers = self.settings.workers or os.cpu_count() or 1
+        ahead = max(4 * self.settings.batch_size, 2 * workers)
+        pending: deque[Future[Prepared | Failure]] = deque()
+        limit = self.settings.max_image_pixels
+        # Pillow and hashlib release the GIL while decoding and hashing, so threads overlap
+        # with each other and with the model, without pickling pixels between processes.
+        with ThreadPoolExecutor(workers, thread_name_prefix="pixsearch-read") as pool:
+            try:
+                it = iter(jobs)
+                for job in it:
+                    pending.append(pool.submit(read, job, embedded, self.encoder, limit))
+                    if len(pending) >= ahead:
+                        yield pending.popleft().result()
+                while pending:
+                    yield pending.popleft().result()
+            finally:
+                for fut in pending:
+                    fut.cancel()
+
+    def _flush(self, batch: list[Prepared], writer: Writer) -> None:
+        with_pixels = [p for p in batch if p.pixels is not None]
+        vectors = (
+            self.encoder.embed_pixels(np.stack([p.pixels for p in with_pixels]))  # type: ignore[misc]
+            if with_pixels else None
+        )
+        writer.write(batch, with_pixels, vectors)
+        # Later copies of the same content in this run need no decoding either.
+        self._embedded.update(p.content_hash for p in with_pixels)
+        self._advance(len(batch))
+
+    def _advance(self, n: int) -> None:
+        if self.progress is not None:
+            self.progress.advance(n)

@@ -1,0 +1,50 @@
+"""The one settings object: environment variables with prefix PIXSEARCH_, overridden by flags."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger(__name__)
+
+
+def _default_home() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("pixsearch", appauthor=False))
+
+
+class Settings(BaseSettings):
+    """Every knob of pixsearch. Read from `PIXSEARCH_*` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="PIXSEARCH_", extra="ignore")
+
+    home: Path = Field(default_factory=_default_home, description="Data folder.")
+    model: str = Field(
+        "ViT-B-32",
+        description="open_clip architecture name, or the path of an open_clip model config JSON.",
+    )
+    pretrained: str = Field(
+        "laion2b_s34b_b79k",
+        description="open_clip pretrained tag, or the path of a local checkpoint file.",
+    )
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default home/pixsearch.db")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on CPUs with AVX-512 BF16/AMX, fp16 on CUDA, else fp32."
+    )
+    batch_size: int = Field(32, ge=1, le=4096)
+    workers: int = Field(0, ge=0, le=256, description="Image decoding threads; 0 = one per core.")
+    max_image_pixels: int = Field(
+        250_000_000, ge=1, description="Images with more pixels are refused (decompression bombs)."
+    )
+    include_hidden: bool = Field(False, description="Index hidden files and folders too.")
+
+    @property
+    def db_url(self) -> str:
+        """The database URL, defaulting to an SQLite file in the home folder."""
+        return self.database_url or f"sqlite:///{self.home / 'pixsearch.db'}"

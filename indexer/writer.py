@@ -1,0 +1,166 @@
+"""The write stage: one transaction per batch, then the FAISS index follows."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from indexer.db import Embedding, Image, Model
+from indexer.home import Home
+from indexer.types import Embeddings, ImageMeta, IndexReport
+from indexer.vectors import VectorIndex
+
+if TYPE_CHECKING:
+    from indexer.pipeline import Prepared
+
+log = logging.getLogger(__name__)
+
+_META_FIELDS = ("width", "height", "format", "taken_at", "camera_make", "camera_model",
+                "gps_lat", "gps_lon")
+
+
+def _meta_of(row: Image) -> ImageMeta:
+    return ImageMeta(**{f: getattr(row, f) for f in _META_FIELDS})
+
+
+def _apply_meta(row: Image, meta: ImageMeta) -> None:
+    for f in _META_FIELDS:
+        setattr(row, f, getattr(meta, f))
+
+
+class Writer:
+    """Writes batches of prepared images; keeps the in-memory FAISS index in step."""
+
+    def __init__(self, home: Home, model: Model, index: VectorIndex, missing: dict[int, str],
+                 report: IndexReport, checkpoint_seconds: float = 120.0) -> None:
+        self.home = home
+        self.model = model
+        self.index = index
+        self.report = report
+        self.missing = dict(missing)
+        self._missing_by_hash: dict[str, list[int]] = {}
+        for row_id, digest in missing.items():
+            self._missing_by_hash.setdefault(digest, []).append(row_id)
+        self._dirty = False
+        self._last_save = time.monotonic()
+        self._checkpoint = checkpoint_seconds
+
+    def write(self, batch: list[Prepared], embedded: list[Prepared],
+              vectors: Embeddings | None) -> None:
+        """Store one batch in a single transaction, then update the index."""
+        dim = self.model.dim
+        fresh = {p.content_hash: vectors[i] for i, p in enumerate(embedded)} if vectors is not None \
+            else {}
+        touched: list[int] = []
+        with self.home.session() as s, s.begin():
+            if fresh:
+                self._store_embeddings(s, fresh)
+            known = self._known(s, [p for p in batch if p.content_hash not in fresh], dim)
+            metas = self._metas(s, [p for p in batch if p.meta is None])
+            now = self.home.now()
+            for p in batch:
+                meta = p.meta or metas.get(p.content_hash)
+                if meta is None:  # its twin vanished meanwhile; the next run embeds it
+                    continue
+                row_id = self._upsert(s, p, meta, now)
+                touched.append(row_id)
+            self.home.bump_generation(s)
+            ids = np.asarray(touched, np.int64)
+        vecs = np.stack([
+            fresh[p.content_hash] if p.content_hash in fresh else known[p.content_hash]
+            for p in batch if (p.meta or metas.get(p.content_hash)) is not None
+        ]) if touched else np.zeros((0, dim), np.float32)
+        # Rows that existed may already be in the index with an older vector.
+        self.index.remove(ids)
+        self.index.add(ids, vecs)
+        self._dirty = True
+        if time.monotonic() - self._last_save > self._checkpoint:
+            self.save()
+
+    def _upsert(self, s: Session, p: Prepared, meta: ImageMeta, now: object) -> int:
+        entry = p.job.entry
+        if p.job.row_id is not None:
+            row = s.get_one(Image, p.job.row_id)
+            if p.job.kind == "changed":
+                if row.content_hash == p.content_hash:
+                    self.report.unchanged += 1  # touched, same content
+                else:
+                    self.report.updated += 1
+            else:
+                self.report.updated += 1
+        elif self._missing_by_hash.get(p.content_hash):
+            # A file gone from its old path reappears here: a move; it keeps its id.
+            row_id = self._missing_by_hash[p.content_hash].pop()
+            self.missing.pop(row_id, None)
+            row = s.get_one(Image, row_id)
+            self.report.moved += 1
+        else:
+            row = Image(path=entry.path)
+            s.add(row)
+            self.report.added += 1
+        row.path = entry.path
+        row.size = entry.size
+        row.mtime_ns = entry.mtime_ns
+        row.content_hash = p.content_hash
+        row.indexed_at = now  # type: ignore[assignment]
+        _apply_meta(row, meta)
+        s.flush()
+        return row.id
+
+    def _store_embeddings(self, s: Session, fresh: dict[str, np.ndarray]) -> None:
+        have = set(s.scalars(select(Embedding.content_hash).where(
+            Embedding.model_id == self.model.id, Embedding.content_hash.in_(list(fresh)))))
+        for digest, vec in fresh.items():
+            if digest not in have:
+                s.add(Embedding(content_hash=digest, model_id=self.model.id,
+                                vector=np.asarray(vec, np.float32).tobytes()))
+
+    def _known(self, s: Session, items: list[Prepared], dim: int) -> dict[str, np.ndarray]:
+        digests = list({p.content_hash for p in items})
+        out: dict[str, np.ndarray] = {}
+        for start in range(0, len(digests), 900):
+            rows = s.execute(select(Embedding.content_hash, Embedding.vector).where(
+                Embedding.model_id == self.model.id,
+                Embedding.content_hash.in_(digests[start : start + 900])))
+            for digest, blob in rows:
+                out[digest] = np.frombuffer(blob, np.float32, count=dim)
+        return out
+
+    def _metas(self, s: Session, items: list[Prepared]) -> dict[str, ImageMeta]:
+        digests = list({p.content_hash for p in items})
+        out: dict[str, ImageMeta] = {}
+        for start in range(0, len(digests), 900):
+            for row in s.scalars(select(Image).where(
+                    Image.content_hash.in_(digests[start : start + 900]))):
+                out.setdefault(row.content_hash, _meta_of(row))
+        return out
+
+    def finish(self) -> None:
+        """Drop rows of files gone from disk, and embeddings no row uses any more."""
+        ids = sorted(self.missing)
+        if ids:
+            with self.home.session() as s, s.begin():
+                for start in range(0, len(ids), 900):
+                    s.execute(delete(Image).where(Image.id.in_(ids[start : start + 900])))
+                self.home.bump_generation(s)
+            self.index.remove(np.asarray(ids, np.int64))
+            self.report.removed += len(ids)
+            self.missing.clear()
+            self._dirty = True
+        if ids or self.report.updated:
+            with self.home.session() as s, s.begin():
+                s.execute(delete(Embedding).where(
+                    Embedding.content_hash.not_in(select(Image.content_hash))))
+
+    def save(self) -> None:
+        """Save the index, stamped with the generation the database is at now."""
+        if not self._dirty:
+            return
+        self.index.save(self.home.index_path(self.model.name), self.home.generation(self.model.id))
+        self._dirty = False
+        self._last_save = time.monotonic()

@@ -1,0 +1,1 @@
+"""Answering queries over an indexed home."""
