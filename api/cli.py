@@ -38,17 +38,28 @@ def _global(
     pretrained: Annotated[
         str | None, typer.Option(help="Pretrained tag or checkpoint [PIXSEARCH_PRETRAINED].")
     ] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda [PIXSEARCH_DEVICE].")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda [env].")] = None,
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="More logs.")] = 0,
 ) -> None:
     """Flags given here override the PIXSEARCH_* environment variables."""
-    for key, value in (("home", home), ("model", model), ("pretrained", pretrained),
-                       ("device", device)):
+    _overrides.clear()
+    for key, value in (
+        ("home", home),
+        ("model", model),
+        ("pretrained", pretrained),
+        ("device", device),
+    ):
         if value is not None:
             _overrides[key] = value
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="pixsearch: %(levelname)s: %(message)s",
-                        stream=sys.stderr, force=True)
+    root = logging.getLogger()
+    if not root.handlers:  # an embedding program (or pytest) may have its own
+        logging.basicConfig(format="pixsearch: %(levelname)s: %(message)s", stream=sys.stderr)
+        if verbose < 2:
+            # open_clip logs its own failures on the root logger; pixsearch reports them
+            # itself as one line, so its copy would only say the same thing twice.
+            root.handlers[0].addFilter(lambda r: "open_clip" not in r.pathname)
+    root.setLevel(level)
     if verbose < 2:
         for noisy in ("PIL", "urllib3", "huggingface_hub", "filelock"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -74,13 +85,22 @@ class _Bar:
 
     def __init__(self) -> None:
         from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
         self._progress = Progress(
-            TextColumn("indexing"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
-            console=Console(stderr=True), transient=True,
+            TextColumn("indexing"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
         )
         self._task: Any = None
 
@@ -147,8 +167,9 @@ def _print_hits(hits: list[Hit], as_json: bool) -> None:
     typer.echo(f"{'score':>7}  {'id':>7}  {'size':>11}  {'taken':<19}  path")
     for h in hits:
         taken = h.taken_at.isoformat(sep=" ") if h.taken_at else "-"
-        typer.echo(f"{h.score:7.4f}  {h.id:>7}  {f'{h.width}x{h.height}':>11}  {taken:<19}  "
-                   f"{h.path}")
+        typer.echo(
+            f"{h.score:7.4f}  {h.id:>7}  {f'{h.width}x{h.height}':>11}  {taken:<19}  {h.path}"
+        )
 
 
 def _searcher() -> Any:
@@ -189,9 +210,16 @@ def status(as_json: JsonFlag = False) -> None:
     cfg = settings()
     home = Home(cfg)
     key = model_key(cfg.model, cfg.pretrained)
-    info: dict[str, Any] = {"home": str(home.path), "model": key, "images": 0,
-                            "indexed_with_model": 0, "index_type": None, "index_bytes": 0,
-                            "database_bytes": 0, "home_bytes": 0}
+    info: dict[str, Any] = {
+        "home": str(home.path),
+        "model": key,
+        "images": 0,
+        "indexed_with_model": 0,
+        "index_type": None,
+        "index_bytes": 0,
+        "database_bytes": 0,
+        "home_bytes": 0,
+    }
     if home.exists():
         info["images"] = home.image_count()
         row = home.model_row(key)
@@ -260,7 +288,13 @@ def main(argv: list[str] | None = None) -> None:
     from indexer.errors import PixsearchError
 
     try:
-        typer.main.get_command(app).main(args=argv, prog_name="pixsearch", standalone_mode=False)
+        code = typer.main.get_command(app).main(
+            args=argv, prog_name="pixsearch", standalone_mode=False
+        )
+        if code == 130:  # typer turns Ctrl-C into this exit status
+            _fail("interrupted; run the same command again to continue", 130)
+        if isinstance(code, int) and code:
+            raise SystemExit(code)
     except PixsearchError as exc:
         _fail(str(exc), 1)
     except click.exceptions.Abort:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import textwrap
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -68,8 +69,11 @@ def model_key(model: str, pretrained: str) -> str:
 
 
 def _is_path(pretrained: str) -> bool:
-    return "/" in pretrained or "\\" in pretrained or Path(pretrained).suffix in (
-        ".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+    return (
+        "/" in pretrained
+        or "\\" in pretrained
+        or Path(pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+    )
 
 
 class ClipEncoder:
@@ -108,10 +112,7 @@ class ClipEncoder:
 
         choice = self.requested_precision
         if choice == "auto":
-            if self.device == "cuda":
-                choice = "fp16"
-            else:
-                choice = "bf16" if cpu_has_bf16() else "fp32"
+            choice = "fp16" if self.device == "cuda" else "bf16" if cpu_has_bf16() else "fp32"
         return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[choice]
 
     @cached_property
@@ -134,7 +135,7 @@ class ClipEncoder:
         try:
             model = open_clip.create_model(name, pretrained=pretrained or None, device="cpu")
         except Exception as exc:  # open_clip raises many kinds; every one means "no weights"
-            reason = " ".join(str(exc).split())[:160]
+            reason = textwrap.shorten(str(exc), 110, placeholder="...")
             raise ModelUnavailable(
                 f"cannot load weights '{self.pretrained}' for model '{name}' ({reason}); "
                 "without network, download the checkpoint once elsewhere and set "
@@ -191,8 +192,8 @@ class ClipEncoder:
             new_w, new_h = int(size * w / h), size
         if (new_w, new_h) != (w, h):
             img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
-        top = int(round((new_h - size) / 2.0))
-        left = int(round((new_w - size) / 2.0))
+        top = round((new_h - size) / 2.0)
+        left = round((new_w - size) / 2.0)
         return np.asarray(img.crop((left, top, left + size, top + size)))
 
     def embed_pixels(self, pixels: Pixels) -> Embeddings:

@@ -107,9 +107,9 @@ class Home:
                 or 0
             )
 
-    def stored_vectors(self, model_id: int, dim: int, ids: Ids | None = None) -> tuple[
-        Ids, Embeddings
-    ]:
+    def stored_vectors(
+        self, model_id: int, dim: int, ids: Ids | None = None
+    ) -> tuple[Ids, Embeddings]:
         """(image ids, vectors) of every image with an embedding for the model, or of `ids`."""
         stmt = (
             select(Image.id, Embedding.vector)

@@ -21,8 +21,23 @@ log = logging.getLogger(__name__)
 
 #: File name extensions the scanner picks up (lower case, with the dot).
 IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".dib", ".tif", ".tiff",
-     ".heic", ".heif", ".hif", ".avif"}
+    {
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".jfif",
+        ".png",
+        ".webp",
+        ".gif",
+        ".bmp",
+        ".dib",
+        ".tif",
+        ".tiff",
+        ".heic",
+        ".heif",
+        ".hif",
+        ".avif",
+    }
 )
 
 #: JPEGs are decoded at reduced scale (DCT scaling) down to this many times the model's
@@ -134,9 +149,9 @@ def to_rgb(img: PILImage.Image) -> PILImage.Image:
     return img.convert("RGB")
 
 
-def decode(data: bytes, *, max_pixels: int, min_side: int | None = None) -> tuple[
-    PILImage.Image, ImageMeta
-]:
+def decode(
+    data: bytes, *, max_pixels: int, min_side: int | None = None
+) -> tuple[PILImage.Image, ImageMeta]:
     """Decode image bytes into an oriented RGB image and its metadata.
 
     With `min_side`, a JPEG is decoded at the smallest DCT scale whose short side stays at
@@ -169,8 +184,7 @@ def decode(data: bytes, *, max_pixels: int, min_side: int | None = None) -> tupl
         if min_side and fmt == "jpeg":
             img.draft(None, (min_side, min_side))
         img.load()
-        img = ImageOps.exif_transpose(img) or img
-        return to_rgb(img), meta
+        return to_rgb(ImageOps.exif_transpose(img) or img), meta
     except UnreadableImage:
         raise
     except OSError as exc:

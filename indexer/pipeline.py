@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 import numpy as np
-from sqlalchemy import or_, select
+from sqlalchemy import ColumnElement, or_, select
 
 from indexer.db import Embedding, Image
 from indexer.encoder import ClipEncoder, Pixels
@@ -69,8 +69,9 @@ class Plan:
     failed: list[Failure] = field(default_factory=list)
 
 
-def plan(home: Home, roots: Sequence[Root], entries: Iterator[FileEntry | Failure],
-         embedded: set[str]) -> Plan:
+def plan(
+    home: Home, roots: Sequence[Root], entries: Iterator[FileEntry | Failure], embedded: set[str]
+) -> Plan:
     """Compare the files on disk with the rows under the roots (the scan stage's result)."""
     p = Plan()
     found: dict[str, FileEntry] = {}
@@ -100,7 +101,10 @@ def plan(home: Home, roots: Sequence[Root], entries: Iterator[FileEntry | Failur
         if root.is_dir and here and not any(under(root, path) for path in found):
             log.warning(
                 "%s holds no images now, but %d were indexed there: keeping them "
-                "(an unmounted drive?)", root.path, len(here))
+                "(an unmounted drive?)",
+                root.path,
+                len(here),
+            )
             continue
         for path, (row_id, _, _, digest) in here:
             if path not in found:
@@ -109,7 +113,7 @@ def plan(home: Home, roots: Sequence[Root], entries: Iterator[FileEntry | Failur
 
 
 def _rows_under(home: Home, roots: Sequence[Root]) -> dict[str, tuple[int, int, int, str]]:
-    conds = []
+    conds: list[ColumnElement[bool]] = []
     for root in roots:
         if root.is_dir:
             prefix = root.path.rstrip(os.sep) + os.sep
@@ -151,7 +155,9 @@ def home_lock(home: Home) -> Iterator[None]:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise HomeError(f"another indexing run is using {home.path}; wait for it to end") from None
+            raise HomeError(
+                f"another indexing run is using {home.path}; wait for it to end"
+            ) from None
         try:
             yield
         finally:
@@ -161,8 +167,9 @@ def home_lock(home: Home) -> Iterator[None]:
 class Indexer:
     """Runs indexing passes over folders into a home, with one encoder."""
 
-    def __init__(self, home: Home, encoder: ClipEncoder, progress: ProgressSink | None = None
-                 ) -> None:
+    def __init__(
+        self, home: Home, encoder: ClipEncoder, progress: ProgressSink | None = None
+    ) -> None:
         self.home = home
         self.encoder = encoder
         self.settings = home.settings
@@ -176,8 +183,9 @@ class Indexer:
         if model is None:
             return set()
         with self.home.engine.connect() as conn:
-            return set(conn.scalars(select(Embedding.content_hash).where(
-                Embedding.model_id == model.id)))
+            return set(
+                conn.scalars(select(Embedding.content_hash).where(Embedding.model_id == model.id))
+            )
 
     def run(self, paths: Sequence[str | os.PathLike[str]]) -> IndexReport:
         """Index the files under `paths`: add new, update changed, follow moves, drop deleted."""
@@ -193,8 +201,9 @@ class Indexer:
         roots = normalise_roots(paths)
         embedded = self._embedded = self._embedded_hashes()
         work = plan(self.home, roots, scan(roots, self.settings.include_hidden), embedded)
-        report = IndexReport(scanned=work.scanned, unchanged=work.unchanged,
-                             failed=list(work.failed))
+        report = IndexReport(
+            scanned=work.scanned, unchanged=work.unchanged, failed=list(work.failed)
+        )
         if work.jobs:
             self.encoder.load()  # fails here, before anything is written
         writer: Writer | None = None
@@ -213,8 +222,9 @@ class Indexer:
             report.seconds = time.perf_counter() - started
         return report
 
-    def _embed_all(self, jobs: list[Job], embedded: set[str], writer: Writer,
-                   report: IndexReport) -> None:
+    def _embed_all(
+        self, jobs: list[Job], embedded: set[str], writer: Writer, report: IndexReport
+    ) -> None:
         if self.progress is not None:
             self.progress.start(len(jobs))
         batch: list[Prepared] = []
@@ -256,7 +266,8 @@ class Indexer:
         with_pixels = [p for p in batch if p.pixels is not None]
         vectors = (
             self.encoder.embed_pixels(np.stack([p.pixels for p in with_pixels]))  # type: ignore[misc]
-            if with_pixels else None
+            if with_pixels
+            else None
         )
         writer.write(batch, with_pixels, vectors)
         # Later copies of the same content in this run need no decoding either.

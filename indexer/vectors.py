@@ -106,9 +106,9 @@ class VectorIndex:
         atomic_write(path, _MAGIC + len(header).to_bytes(4, "little") + header + body.tobytes())
 
     @classmethod
-    def open(cls, path: Path, dim: int, generation: int, count: int) -> tuple[
-        VectorIndex | None, str
-    ]:
+    def open(
+        cls, path: Path, dim: int, generation: int, count: int
+    ) -> tuple[VectorIndex | None, str]:
         """Load a saved index if it matches the database; else (None, why not)."""
         import faiss
 

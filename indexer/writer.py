@@ -20,8 +20,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_META_FIELDS = ("width", "height", "format", "taken_at", "camera_make", "camera_model",
-                "gps_lat", "gps_lon")
+_META_FIELDS = (
+    "width",
+    "height",
+    "format",
+    "taken_at",
+    "camera_make",
+    "camera_model",
+    "gps_lat",
+    "gps_lon",
+)
 
 
 def _meta_of(row: Image) -> ImageMeta:
@@ -36,8 +44,15 @@ def _apply_meta(row: Image, meta: ImageMeta) -> None:
 class Writer:
     """Writes batches of prepared images; keeps the in-memory FAISS index in step."""
 
-    def __init__(self, home: Home, model: Model, index: VectorIndex, missing: dict[int, str],
-                 report: IndexReport, checkpoint_seconds: float = 120.0) -> None:
+    def __init__(
+        self,
+        home: Home,
+        model: Model,
+        index: VectorIndex,
+        missing: dict[int, str],
+        report: IndexReport,
+        checkpoint_seconds: float = 120.0,
+    ) -> None:
         self.home = home
         self.model = model
         self.index = index
@@ -50,12 +65,16 @@ class Writer:
         self._last_save = time.monotonic()
         self._checkpoint = checkpoint_seconds
 
-    def write(self, batch: list[Prepared], embedded: list[Prepared],
-              vectors: Embeddings | None) -> None:
+    def write(
+        self, batch: list[Prepared], embedded: list[Prepared], vectors: Embeddings | None
+    ) -> None:
         """Store one batch in a single transaction, then update the index."""
         dim = self.model.dim
-        fresh = {p.content_hash: vectors[i] for i, p in enumerate(embedded)} if vectors is not None \
+        fresh = (
+            {p.content_hash: vectors[i] for i, p in enumerate(embedded)}
+            if vectors is not None
             else {}
+        )
         touched: list[int] = []
         with self.home.session() as s, s.begin():
             if fresh:
@@ -71,10 +90,17 @@ class Writer:
                 touched.append(row_id)
             self.home.bump_generation(s)
             ids = np.asarray(touched, np.int64)
-        vecs = np.stack([
-            fresh[p.content_hash] if p.content_hash in fresh else known[p.content_hash]
-            for p in batch if (p.meta or metas.get(p.content_hash)) is not None
-        ]) if touched else np.zeros((0, dim), np.float32)
+        vecs = (
+            np.stack(
+                [
+                    fresh[p.content_hash] if p.content_hash in fresh else known[p.content_hash]
+                    for p in batch
+                    if (p.meta or metas.get(p.content_hash)) is not None
+                ]
+            )
+            if touched
+            else np.zeros((0, dim), np.float32)
+        )
         # Rows that existed may already be in the index with an older vector.
         self.index.remove(ids)
         self.index.add(ids, vecs)
@@ -113,20 +139,33 @@ class Writer:
         return row.id
 
     def _store_embeddings(self, s: Session, fresh: dict[str, np.ndarray]) -> None:
-        have = set(s.scalars(select(Embedding.content_hash).where(
-            Embedding.model_id == self.model.id, Embedding.content_hash.in_(list(fresh)))))
+        have = set(
+            s.scalars(
+                select(Embedding.content_hash).where(
+                    Embedding.model_id == self.model.id, Embedding.content_hash.in_(list(fresh))
+                )
+            )
+        )
         for digest, vec in fresh.items():
             if digest not in have:
-                s.add(Embedding(content_hash=digest, model_id=self.model.id,
-                                vector=np.asarray(vec, np.float32).tobytes()))
+                s.add(
+                    Embedding(
+                        content_hash=digest,
+                        model_id=self.model.id,
+                        vector=np.asarray(vec, np.float32).tobytes(),
+                    )
+                )
 
     def _known(self, s: Session, items: list[Prepared], dim: int) -> dict[str, np.ndarray]:
         digests = list({p.content_hash for p in items})
         out: dict[str, np.ndarray] = {}
         for start in range(0, len(digests), 900):
-            rows = s.execute(select(Embedding.content_hash, Embedding.vector).where(
-                Embedding.model_id == self.model.id,
-                Embedding.content_hash.in_(digests[start : start + 900])))
+            rows = s.execute(
+                select(Embedding.content_hash, Embedding.vector).where(
+                    Embedding.model_id == self.model.id,
+                    Embedding.content_hash.in_(digests[start : start + 900]),
+                )
+            )
             for digest, blob in rows:
                 out[digest] = np.frombuffer(blob, np.float32, count=dim)
         return out
@@ -135,8 +174,9 @@ class Writer:
         digests = list({p.content_hash for p in items})
         out: dict[str, ImageMeta] = {}
         for start in range(0, len(digests), 900):
-            for row in s.scalars(select(Image).where(
-                    Image.content_hash.in_(digests[start : start + 900]))):
+            for row in s.scalars(
+                select(Image).where(Image.content_hash.in_(digests[start : start + 900]))
+            ):
                 out.setdefault(row.content_hash, _meta_of(row))
         return out
 
@@ -154,8 +194,11 @@ class Writer:
             self._dirty = True
         if ids or self.report.updated:
             with self.home.session() as s, s.begin():
-                s.execute(delete(Embedding).where(
-                    Embedding.content_hash.not_in(select(Image.content_hash))))
+                s.execute(
+                    delete(Embedding).where(
+                        Embedding.content_hash.not_in(select(Image.content_hash))
+                    )
+                )
 
     def save(self) -> None:
         """Save the index, stamped with the generation the database is at now."""

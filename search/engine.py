@@ -84,8 +84,9 @@ class Searcher:
     def vector_of(self, image: int | str) -> tuple[Embeddings, int | None]:
         """The embedding of an indexed id, an indexed path, or any image file (embedded now)."""
         model = self.model()
-        if isinstance(image, int) or (isinstance(image, str) and image.isdigit()
-                                      and not os.path.exists(image)):
+        if isinstance(image, int) or (
+            isinstance(image, str) and image.isdigit() and not os.path.exists(image)
+        ):
             image_id = int(image)
             ids, vecs = self.home.stored_vectors(model.id, model.dim, np.asarray([image_id]))
             if not len(ids):

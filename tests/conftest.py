@@ -1,0 +1,62 @@
+"""Fixtures: a tiny open_clip model with local random weights, and a fresh home per test."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+TINY_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": 1, "width": 64, "patch_size": 16, "head_width": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(config JSON, checkpoint) of a one-layer open_clip model with seeded random weights."""
+    import open_clip
+    import torch
+
+    folder = tmp_path_factory.mktemp("tiny_model")
+    config = folder / "pixsearch-test-tiny.json"
+    config.write_text(json.dumps(TINY_CONFIG))
+    open_clip.add_model_config(config)
+    torch.manual_seed(0)
+    model = open_clip.create_model("pixsearch-test-tiny", pretrained=None)
+    checkpoint = folder / "tiny.pt"
+    torch.save(model.state_dict(), checkpoint)
+    return config, checkpoint
+
+
+@pytest.fixture
+def env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model: tuple[Path, Path]
+) -> dict[str, str]:
+    """A fresh home using the tiny model, set through the environment as a user would."""
+    config, checkpoint = tiny_model
+    values = {
+        "PIXSEARCH_HOME": str(tmp_path / "home"),
+        "PIXSEARCH_MODEL": str(config),
+        "PIXSEARCH_PRETRAINED": str(checkpoint),
+        "PIXSEARCH_BATCH_SIZE": "8",
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    return values
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    """A folder of twelve distinct JPEG photos."""
+    from tests.helpers import make_photos
+
+    folder = tmp_path / "photos"
+    make_photos(folder, 12)
+    return folder

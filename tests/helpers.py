@@ -1,0 +1,90 @@
+"""Test helpers: images made with Pillow, and the CLI run in-process or as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def picture(seed: int, size: tuple[int, int] = (160, 120)) -> Image.Image:
+    """A distinct picture per seed: a smooth two-colour gradient with a few shapes on it."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    a, b = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    t = np.linspace(0, 1, w)[None, :, None]
+    if rng.random() < 0.5:
+        t = np.linspace(0, 1, h)[:, None, None]
+    arr = (a * (1 - t) + b * t) * np.ones((h, w, 1))
+    img = Image.fromarray(arr.astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(img)
+    for _ in range(3):
+        x0, y0 = int(rng.integers(0, w * 3 // 4)), int(rng.integers(0, h * 3 // 4))
+        x1, y1 = x0 + int(rng.integers(w // 8, w // 2)), y0 + int(rng.integers(h // 8, h // 2))
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        if rng.random() < 0.5:
+            draw.ellipse((x0, y0, x1, y1), fill=colour)
+        else:
+            draw.rectangle((x0, y0, x1, y1), fill=colour)
+    return img
+
+
+def make_photos(
+    folder: Path, count: int, start: int = 0, fmt: str = "JPEG", size: tuple[int, int] = (160, 120)
+) -> list[Path]:
+    """Write `count` distinct pictures into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ext = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}[fmt]
+    paths = []
+    for i in range(start, start + count):
+        path = folder / f"img_{i:04d}.{ext}"
+        picture(i, size).save(path, fmt)
+        paths.append(path)
+    return paths
+
+
+@dataclass
+class Result:
+    """What a CLI run printed and returned."""
+
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> object:
+        return json.loads(self.out)
+
+
+def run_cli(capsys: object, *args: str) -> Result:
+    """Run `pixsearch ARGS` in this process (the tiny model stays loaded between runs)."""
+    from api.cli import main
+
+    capsys.readouterr()  # type: ignore[attr-defined]
+    code = 0
+    try:
+        main(list(args))
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()  # type: ignore[attr-defined]
+    return Result(code, captured.out, captured.err)
+
+
+def run_subprocess(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> Result:
+    """Run `pixsearch ARGS` as a separate process, as a user would."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "api.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+        cwd=ROOT,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)

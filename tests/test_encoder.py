@@ -1,0 +1,119 @@
+"""The encoder: fidelity to open_clip's own float32 pipeline, precision choice, errors."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from indexer.encoder import ClipEncoder, cpu_has_bf16
+from indexer.errors import ModelUnavailable
+from indexer.imageio import DRAFT_OVERSAMPLE, decode
+from tests.helpers import ROOT, picture, run_subprocess
+
+
+def _photo_bytes(seed: int, size: tuple[int, int]) -> bytes:
+    buf = io.BytesIO()
+    picture(seed, size).save(buf, "JPEG", quality=92)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("size", [(160, 120), (1600, 1200)])
+def test_embeddings_match_open_clip_float32(tiny_model, size: tuple[int, int]) -> None:
+    import open_clip
+    import torch
+
+    config, checkpoint = tiny_model
+    ref_model, _, ref_pre = open_clip.create_model_and_transforms(
+        config.stem, pretrained=str(checkpoint)
+    )
+    ref_model.eval()
+    files = [_photo_bytes(seed, size) for seed in range(8)]
+    with torch.no_grad():
+        ref = ref_model.encode_image(
+            torch.stack([ref_pre(Image.open(io.BytesIO(f))) for f in files])
+        )
+    ref = torch.nn.functional.normalize(ref, dim=-1).numpy()
+
+    enc = ClipEncoder(str(config), str(checkpoint))  # auto precision: bf16 on this kind of CPU
+    s = enc.preprocess.size
+    ours = enc.embed_pixels(
+        np.stack(
+            [
+                enc.prepare(decode(f, max_pixels=10**9, min_side=s * DRAFT_OVERSAMPLE)[0])
+                for f in files
+            ]
+        )
+    )
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1, atol=1e-5)
+    fidelity = (ours * ref).sum(axis=1)
+    assert fidelity.min() >= 0.99, fidelity
+    # A random tiny model puts all pictures close together, so also demand that our error
+    # is small next to the distance between different pictures: a swapped colour channel
+    # or a wrong normalisation fails this.
+    cross = ref @ ref.T
+    nearest_other = (1 - cross[~np.eye(len(files), dtype=bool)]).min()
+    assert (1 - fidelity).max() < 0.25 * nearest_other, (fidelity, nearest_other)
+
+
+def test_precision_follows_the_cpu(tiny_model) -> None:
+    import torch
+
+    enc = ClipEncoder(str(tiny_model[0]), str(tiny_model[1]), device="cpu")
+    assert enc.dtype == (torch.bfloat16 if cpu_has_bf16() else torch.float32)
+    assert ClipEncoder("x", "y", device="cpu", precision="fp32").dtype == torch.float32
+
+
+def test_texts_and_images_share_one_unit_space(tiny_model) -> None:
+    enc = ClipEncoder(str(tiny_model[0]), str(tiny_model[1]))
+    texts = enc.embed_texts(["a dog", "a beach at sunset", "a dog"])
+    images = enc.embed_images([picture(1), picture(2, (50, 300))])
+    assert texts.shape == (3, 32) and images.shape == (2, 32)
+    assert texts.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(np.vstack([texts, images]), axis=1), 1, atol=1e-5)
+    assert float(texts[0] @ texts[2]) == pytest.approx(1, abs=1e-5)
+    assert float(texts[0] @ texts[1]) < 0.999
+
+
+def test_missing_checkpoint_file(tiny_model) -> None:
+    enc = ClipEncoder(str(tiny_model[0]), "/nowhere/weights.pt")
+    with pytest.raises(ModelUnavailable, match="does not exist"):
+        enc.load()
+
+
+def test_no_network_is_one_clear_line_and_writes_nothing(tmp_path: Path, photos: Path) -> None:
+    home = tmp_path / "home"
+    res = run_subprocess(
+        "index",
+        str(photos),
+        env={
+            "PIXSEARCH_HOME": str(home),
+            "PIXSEARCH_MODEL": "ViT-B-32",
+            "PIXSEARCH_PRETRAINED": "laion2b_s34b_b79k",
+            "HF_HUB_OFFLINE": "1",
+            "HF_HOME": str(tmp_path / "hf"),
+        },
+    )
+    assert res.code == 1
+    assert res.err.count("\n") == 1, res.err
+    assert res.err.startswith("pixsearch: error: cannot load weights 'laion2b_s34b_b79k'")
+    assert "ViT-B-32" in res.err and "PIXSEARCH_PRETRAINED=" in res.err
+    assert not home.exists()
+
+
+def test_help_is_instant_because_nothing_heavy_is_imported() -> None:
+    code = (
+        "import sys; from api.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = {'torch', 'open_clip', 'faiss', 'sqlalchemy', 'PIL'} & set(sys.modules)\n"
+        "print(sorted(heavy))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    ).stdout
+    assert out.strip().endswith("[]"), out

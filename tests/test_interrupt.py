@@ -1,0 +1,79 @@
+"""An interrupted run (SIGKILL or Ctrl-C) loses at most a batch, and the next run finishes it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.helpers import ROOT, make_photos, run_cli
+
+
+def _count_rows(db_file: Path) -> int:
+    try:
+        with sqlite3.connect(db_file, timeout=30) as conn:
+            return int(conn.execute("SELECT count(*) FROM images").fetchone()[0])
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+
+
+def _start(folder: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "index", str(folder), "--json"],
+        cwd=ROOT,
+        env={**os.environ, **env, "PIXSEARCH_BATCH_SIZE": "4", "PIXSEARCH_WORKERS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _interrupt_midway(
+    folder: Path, env: dict[str, str], sig: int, total: int
+) -> subprocess.Popen[str]:
+    db_file = Path(env["PIXSEARCH_HOME"]) / "pixsearch.db"
+    proc = _start(folder, env)
+    deadline = time.monotonic() + 120
+    while _count_rows(db_file) == 0 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    assert 0 < _count_rows(db_file) < total, "the run was not caught midway"
+    return proc
+
+
+def _check_complete(env: dict[str, str], capsys, folder: Path, total: int) -> None:
+    summary = run_cli(capsys, "index", str(folder), "--json").json()
+    assert summary["failed"] == []
+    db_file = Path(env["PIXSEARCH_HOME"]) / "pixsearch.db"
+    with sqlite3.connect(db_file) as conn:
+        paths = [r[0] for r in conn.execute("SELECT path FROM images")]
+    assert sorted(paths) == sorted(str(p) for p in folder.iterdir())  # each exactly once
+    info = run_cli(capsys, "status", "--json").json()
+    assert info["indexed_with_model"] == total
+    hits = run_cli(capsys, "search", "x", "-k", str(total + 10), "--json").json()
+    assert len(hits) == total and len({h["id"] for h in hits}) == total
+
+
+def test_sigkill_then_resume(env, tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "many"
+    make_photos(folder, 80, size=(640, 480))
+    proc = _interrupt_midway(folder, env, signal.SIGKILL, 80)
+    assert proc.returncode == -signal.SIGKILL
+    _check_complete(env, capsys, folder, 80)
+
+
+def test_ctrl_c_is_one_line_and_resumable(env, tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "many"
+    make_photos(folder, 80, size=(640, 480))
+    proc = _interrupt_midway(folder, env, signal.SIGINT, 80)
+    assert proc.returncode == 130
+    err = proc.stderr.read() if proc.stderr else ""
+    assert err.strip().splitlines() == [
+        "pixsearch: error: interrupted; run the same command again to continue"
+    ]
+    _check_complete(env, capsys, folder, 80)

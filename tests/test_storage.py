@@ -1,0 +1,96 @@
+"""The database is the source of truth: migrations, and the FAISS index derived from it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, text
+
+from indexer import db
+from indexer.home import Home
+from indexer.settings import Settings
+from tests.helpers import run_cli
+
+
+def test_models_and_migrations_agree(tmp_path: Path) -> None:
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    db.upgrade(engine)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), db.Base.metadata)
+        assert diff == []
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+    script = ScriptDirectory.from_config(db.alembic_config("sqlite://"))  # type: ignore[arg-type]
+    assert script.get_current_head() == db.SCHEMA_REVISION
+
+
+def test_the_alembic_command_line_works_too(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    subprocess.run(
+        [sys.executable, "-m", "alembic", "-x", f"url={url}", "upgrade", "head"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    with create_engine(url).connect() as conn:
+        assert (
+            conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            == db.SCHEMA_REVISION
+        )
+
+
+def _index_path() -> Path:
+    home = Home(Settings())
+    model = home.model_row(_model_name())
+    assert model is not None
+    return home.index_path(model.name)
+
+
+def _model_name() -> str:
+    from sqlalchemy import select
+
+    from indexer.db import Model
+
+    with Home(Settings()).session() as s:
+        return s.scalars(select(Model.name)).one()
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate", "garbage", "stale"])
+def test_damaged_index_is_rebuilt_with_a_log_line(
+    env, photos: Path, capsys, caplog, damage: str
+) -> None:
+    run_cli(capsys, "index", str(photos))
+    expected = run_cli(capsys, "search", "a cat", "-k", "12", "--json").json()
+    path = _index_path()
+    stale = path.read_bytes()
+    if damage == "delete":
+        path.unlink()
+    elif damage == "truncate":
+        path.write_bytes(path.read_bytes()[:100])
+    elif damage == "garbage":
+        path.write_bytes(np.random.default_rng(0).bytes(5000))
+    else:  # an index from an older state: one photo since removed
+        (photos / "img_0000.jpg").unlink()
+        run_cli(capsys, "index", str(photos))
+        expected = run_cli(capsys, "search", "a cat", "-k", "12", "--json").json()
+        path.write_bytes(stale)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        got = run_cli(capsys, "search", "a cat", "-k", "12", "--json").json()
+    assert got == expected
+    assert any("rebuilt it from" in r.getMessage() for r in caplog.records)
+    # The rebuilt index was saved: the next command finds it valid and says nothing.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        run_cli(capsys, "search", "a cat", "--json")
+    assert not any("rebuilt" in r.getMessage() for r in caplog.records)
