@@ -124,9 +124,14 @@ def index(
     hidden: Annotated[bool, typer.Option("--hidden", help="Include hidden files/folders.")] = False,
     batch_size: Annotated[int | None, typer.Option(min=1, max=4096)] = None,
     workers: Annotated[int | None, typer.Option(min=0, max=256, help="Decoding threads.")] = None,
+    captions: Annotated[
+        bool, typer.Option("--captions", help="Also caption every image (PIXSEARCH_CAPTIONER).")
+    ] = False,
 ) -> None:
     """Index photos: new files are added, changed ones updated, moved ones followed."""
+    from indexer.captioners.base import CaptionStore, caption_missing, load_captioner
     from indexer.encoder import get_encoder
+    from indexer.errors import InvalidInput
     from indexer.home import Home
     from indexer.pipeline import Indexer
 
@@ -136,12 +141,25 @@ def index(
     if workers is not None:
         extra["workers"] = workers
     cfg = settings(**extra)
+    captioner = None
+    if captions:
+        # Loaded first, so a missing captioner fails before any work is done.
+        captioner = load_captioner(cfg.captioner)
+        if captioner is None:
+            raise InvalidInput("--captions needs a captioner: set PIXSEARCH_CAPTIONER")
+    home = Home(cfg)
+    encoder = get_encoder(cfg)
     bar = _Bar() if sys.stderr.isatty() else None
     try:
-        report = Indexer(Home(cfg), get_encoder(cfg), progress=bar).run([str(p) for p in paths])
+        report = Indexer(home, encoder, progress=bar).run([str(p) for p in paths])
     finally:
         if bar is not None:
             bar.stop()
+    if captioner is not None:
+        model = home.model_row(encoder.key)
+        if model is not None:
+            made = caption_missing(home, CaptionStore(home, captioner), model.id, model.dim)
+            log.info("captioned %d images with %s", made, captioner.name)
     if as_json:
         typer.echo(json.dumps(report.to_dict()))
         return
@@ -265,6 +283,30 @@ def export(
     except OSError as exc:
         raise InvalidInput(f"cannot write {out}: {exc.strerror or exc}") from None
     typer.echo(f"wrote {len(ids)} embeddings of dimension {model.dim} to {out}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind; loopback by default.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+) -> None:
+    """Run the web page and HTTP API (OpenAPI docs at /docs)."""
+    import uvicorn
+
+    from api.security import is_loopback
+    from api.server import create_app
+
+    cfg = settings()
+    if not is_loopback(host):
+        if cfg.api_key:
+            log.warning("serving on %s: requests need the API key", host)
+        else:
+            log.warning(
+                "SERVING YOUR PHOTOS ON %s WITHOUT AN API KEY: anyone who can reach this "
+                "address can search and download them. Set PIXSEARCH_API_KEY.",
+                host,
+            )
+    uvicorn.run(create_app(cfg), host=host, port=port, log_level="warning")
 
 
 @app.command()

@@ -23,7 +23,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 log = logging.getLogger(__name__)
 
 #: The Alembic revision this code expects; a test checks it is the head of migrations/.
-SCHEMA_REVISION = "0001"
+SCHEMA_REVISION = "0002"
 
 
 class Base(DeclarativeBase):
@@ -80,6 +80,31 @@ class Embedding(Base):
     vector: Mapped[bytes] = mapped_column(LargeBinary)
 
     __table_args__ = (Index("ix_embeddings_model", "model_id"),)
+
+
+class Caption(Base):
+    """A generated caption per (file content, captioner): computed once, kept."""
+
+    __tablename__ = "captions"
+
+    content_hash: Mapped[str] = mapped_column(String(32), primary_key=True)
+    captioner: Mapped[str] = mapped_column(String(200), primary_key=True)
+    text: Mapped[str] = mapped_column(String)
+    created_at: Mapped[datetime]
+
+
+class Library(Base):
+    """A folder (or file) the user indexed: the API serves files from these only."""
+
+    __tablename__ = "libraries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(String, unique=True)
+    added_at: Mapped[datetime]
+
+
+#: SQLite objects that the ORM does not model: the FTS5 index over captions and its triggers.
+FTS_TABLES = ("captions_fts",)
 
 
 def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:

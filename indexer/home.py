@@ -13,7 +13,7 @@ from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
 from indexer import db
-from indexer.db import Embedding, Image, Model
+from indexer.db import Embedding, Image, Library, Model
 from indexer.errors import HomeError
 from indexer.settings import Settings
 from indexer.types import Embeddings
@@ -153,6 +153,22 @@ class Home:
         except OSError as exc:  # a read-only home still answers queries
             log.warning("cannot save rebuilt index %s: %s", path, exc)
         return index
+
+    # -- libraries ----------------------------------------------------------------------------
+    def add_libraries(self, paths: list[str]) -> None:
+        """Record indexed folders (or files): the API serves files from these only."""
+        from sqlalchemy.dialects.sqlite import insert
+
+        if not paths:
+            return
+        with self.session() as s, s.begin():
+            rows = [{"path": p, "added_at": self.now()} for p in paths]
+            s.execute(insert(Library).values(rows).on_conflict_do_nothing())
+
+    def libraries(self) -> list[str]:
+        """Every indexed folder or file."""
+        with self.session() as s:
+            return list(s.scalars(select(Library.path)))
 
     # -- metadata -----------------------------------------------------------------------------
     def images_by_id(self, ids: list[int]) -> dict[int, Image]:

@@ -211,6 +211,7 @@ class Indexer:
             model = self.home.ensure_model(self.encoder.key, self.encoder.dim)
             index = self.home.load_index(self.encoder.key, model.id, model.dim)
             writer = Writer(self.home, model, index, work.missing, report)
+            self.home.add_libraries([r.path for r in roots if r.exists])
         try:
             if writer is not None and work.jobs:
                 self._embed_all(work.jobs, embedded, writer, report)

@@ -44,6 +44,30 @@ class Settings(BaseSettings):
     )
     include_hidden: bool = Field(False, description="Index hidden files and folders too.")
 
+    captioner: str = Field(
+        "nlpconnect/vit-gpt2-image-captioning",
+        description="Captioner: a hub model id, a local folder (save_pretrained), or none.",
+    )
+    dedupe_threshold: float = Field(
+        0.97, ge=0.5, le=1.0, description="Hits closer than this (cosine) collapse into one."
+    )
+    cutoff_z: float = Field(
+        3.0,
+        ge=0.0,
+        le=50.0,
+        description="Automatic cut-off: drop hits scoring below mean + z * std of the query's "
+        "scores over a sample of the collection.",
+    )
+    lexical_weight: float = Field(
+        0.03, ge=0.0, le=1.0, description="Boost for hits whose stored caption matches the words."
+    )
+    generative_weight: float = Field(
+        0.3, ge=0.0, le=1.0, description="Share of the caption likelihood in generative rerank."
+    )
+    api_key: str | None = Field(None, description="If set, the API requires this key.")
+    cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins.")
+    max_upload_bytes: int = Field(25_000_000, ge=1, description="Largest accepted upload.")
+
     @property
     def db_url(self) -> str:
         """The database URL, defaulting to an SQLite file in the home folder."""

@@ -89,6 +89,22 @@ class VectorIndex:
         scores, ids = self.index.search(np.ascontiguousarray(queries, np.float32), k)
         return scores, ids
 
+    def search_subset(
+        self, queries: Embeddings, k: int, ids: Ids
+    ) -> tuple[npt.NDArray[np.float32], Ids]:
+        """Like `search`, restricted to the given ids (a FAISS id selector; used by filters)."""
+        import faiss
+
+        if not len(self) or not len(ids):
+            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        k = max(1, min(k, len(ids)))
+        selector = faiss.IDSelectorBatch(np.asarray(ids, np.int64))
+        params = faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
+        scores, found = self.index.search(
+            np.ascontiguousarray(queries, np.float32), k, params=params
+        )
+        return scores, found
+
     @classmethod
     def build(cls, dim: int, ids: Ids, vectors: Embeddings) -> VectorIndex:
         """A fresh index holding these vectors."""

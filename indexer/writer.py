@@ -10,7 +10,7 @@ import numpy as np
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from indexer.db import Embedding, Image, Model
+from indexer.db import Caption, Embedding, Image, Model
 from indexer.home import Home
 from indexer.types import Embeddings, ImageMeta, IndexReport
 from indexer.vectors import VectorIndex
@@ -194,11 +194,9 @@ class Writer:
             self._dirty = True
         if ids or self.report.updated:
             with self.home.session() as s, s.begin():
-                s.execute(
-                    delete(Embedding).where(
-                        Embedding.content_hash.not_in(select(Image.content_hash))
-                    )
-                )
+                used = select(Image.content_hash)
+                s.execute(delete(Embedding).where(Embedding.content_hash.not_in(used)))
+                s.execute(delete(Caption).where(Caption.content_hash.not_in(used)))
 
     def save(self) -> None:
         """Save the index, stamped with the generation the database is at now."""

@@ -1,12 +1,13 @@
-"""Text-to-image and image-to-image search over a home's FAISS index."""
+"""Answering queries: combine the query, retrieve candidates, re-score, rerank, cut, page."""
 
 from __future__ import annotations
 
 import logging
 import os
 import threading
-from dataclasses import dataclass
-from datetime import datetime
+import time
+from collections import OrderedDict
+from functools import lru_cache
 
 import numpy as np
 
@@ -16,44 +17,45 @@ from indexer.errors import InvalidInput, NotFound
 from indexer.home import Home
 from indexer.imageio import decode, read_file
 from indexer.types import Embeddings
-from indexer.vectors import VectorIndex
+from indexer.vectors import Ids, VectorIndex
+from search import rerank
+from search.captions import CaptionService
+from search.filters import allowed_ids
+from search.query import Hit, Query, SearchResult, unit
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True, slots=True)
-class Hit:
-    """One search result."""
-
-    id: int
-    path: str
-    score: float
-    width: int
-    height: int
-    taken_at: datetime | None
-
-    def to_dict(self) -> dict[str, object]:
-        """The JSON shape of a hit."""
-        return {
-            "id": self.id,
-            "path": self.path,
-            "score": round(self.score, 6),
-            "width": self.width,
-            "height": self.height,
-            "taken_at": self.taken_at.isoformat() if self.taken_at else None,
-        }
+#: Candidates retrieved per result wanted, before re-scoring and reranking.
+POOL_FACTOR = 4
+POOL_EXTRA = 40
+#: A filter allowing at most this share of the collection searches only its ids (an id
+#: selector); a broader one over-fetches from the whole index and drops what it excludes.
+SELECTIVE = 0.2
+#: Weight of the negative texts subtracted from the query vector.
+NEGATIVE_WEIGHT = 0.5
+BACKGROUND_SAMPLE = 2000
 
 
 class Searcher:
-    """Answers queries; reloads the index when the database has moved on."""
+    """Answers queries over one home with one encoder; safe to share between threads."""
 
-    def __init__(self, home: Home, encoder: ClipEncoder) -> None:
+    def __init__(
+        self, home: Home, encoder: ClipEncoder, captions: CaptionService | None = None
+    ) -> None:
         self.home = home
         self.encoder = encoder
+        self.settings = home.settings
+        self.captions = captions
         self._index: VectorIndex | None = None
         self._generation = -1
         self._lock = threading.Lock()
+        self._background: tuple[float, Embeddings] | None = None
+        self._pages: OrderedDict[tuple[object, ...], tuple[int, list[tuple[int, float]], bool]] = (
+            OrderedDict()
+        )
+        self.embed_text = lru_cache(maxsize=512)(self._embed_text)
 
+    # -- state ----------------------------------------------------------------------------
     def model(self) -> Model:
         """The stored model the encoder writes to; an error if nothing is indexed with it."""
         row = self.home.model_row(self.encoder.key) if self.home.exists() else None
@@ -65,28 +67,24 @@ class Searcher:
         return row
 
     def index(self) -> VectorIndex:
-        """The current FAISS index (loaded, or rebuilt if stale)."""
+        """The current FAISS index; reloaded (or rebuilt) when the database has moved on."""
         model = self.model()
         generation = self.home.generation(model.id)
         with self._lock:
             if self._index is None or generation != self._generation:
-                self._index = self.home.load_index(model.name, model.id, model.dim)
-                self._generation = generation
+                # Build the new one first, then swap: queries in flight keep the old one.
+                fresh = self.home.load_index(model.name, model.id, model.dim)
+                self._index, self._generation = fresh, generation
             return self._index
 
-    def text(self, query: str, k: int = 20) -> list[Hit]:
-        """Images best matching a text."""
-        if not query.strip():
-            raise InvalidInput("the query text is empty")
-        self.model()
-        return self.by_vector(self.encoder.embed_texts([query])[0], k)
+    def _embed_text(self, text: str) -> Embeddings:
+        return self.encoder.embed_texts([text])[0]
 
+    # -- query vectors --------------------------------------------------------------------
     def vector_of(self, image: int | str) -> tuple[Embeddings, int | None]:
         """The embedding of an indexed id, an indexed path, or any image file (embedded now)."""
         model = self.model()
-        if isinstance(image, int) or (
-            isinstance(image, str) and image.isdigit() and not os.path.exists(image)
-        ):
+        if isinstance(image, int) or (image.isdigit() and not os.path.exists(image)):
             image_id = int(image)
             ids, vecs = self.home.stored_vectors(model.id, model.dim, np.asarray([image_id]))
             if not len(ids):
@@ -98,26 +96,204 @@ class Searcher:
             ids, vecs = self.home.stored_vectors(model.id, model.dim, np.asarray([row.id]))
             if len(ids):
                 return vecs[0], row.id
-        img, _ = decode(read_file(path), max_pixels=self.home.settings.max_image_pixels)
-        return self.encoder.embed_images([img])[0], None
+        return self.embed_image_bytes(read_file(path)), None
+
+    def embed_image_bytes(self, data: bytes) -> Embeddings:
+        """Embed an image that is not in the collection (an upload, a path)."""
+        img, _ = decode(data, max_pixels=self.settings.max_image_pixels)
+        return self.encoder.embed_images([img])[0]
+
+    def query_vector(self, q: Query) -> Embeddings:
+        """One unit vector for the query: text and image combined, negatives pushed away."""
+        parts: list[Embeddings] = []
+        if q.text is not None and q.text.strip():
+            parts.append(self.embed_text(q.text.strip()))
+        image_vec = q.image_vector
+        if image_vec is None and q.image_id is not None:
+            image_vec, _ = self.vector_of(q.image_id)
+        if image_vec is not None:
+            parts.append(unit(image_vec))
+        if not parts:
+            raise InvalidInput("a query needs a text or an image")
+        if len(parts) == 2:
+            wt, wi = q.weights or (0.5, 0.5)
+            if wt < 0 or wi < 0 or wt + wi <= 0:
+                raise InvalidInput("weights must be non-negative and not both zero")
+            vec = wt * parts[0] + wi * parts[1]
+        else:
+            vec = parts[0]
+        negatives = [n.strip() for n in q.negative if n.strip()]
+        if negatives:
+            vec = unit(vec) - NEGATIVE_WEIGHT * np.mean(
+                [self.embed_text(n) for n in negatives], axis=0
+            )
+        return unit(vec)
+
+    # -- the search -----------------------------------------------------------------------
+    def search(self, q: Query) -> SearchResult:
+        """Run a query and return one page of hits, best first."""
+        started = time.perf_counter()
+        if q.k < 1 or q.offset < 0:
+            raise InvalidInput("k must be at least 1 and offset at least 0")
+        if q.rerank == "generative" and not (q.text and q.text.strip()):
+            raise InvalidInput("the generative rerank needs a query text")
+        vec = self.query_vector(q)
+        index = self.index()
+        model = self.model()
+        cutoff = self._cutoff(q, vec, model)
+        ranked, _exhausted = self._ranked(q, vec, index, model, q.offset + q.k, cutoff)
+        page = ranked[q.offset : q.offset + q.k]
+        rows = self.home.images_by_id([i for i, _ in page])
+        hits = [
+            Hit(i, r.path, s, r.width, r.height, r.taken_at, r.content_hash)
+            for i, s in page
+            if (r := rows.get(i)) is not None
+        ]
+        if q.captions and self.captions is not None and hits:
+            _, vecs = self.home.stored_vectors(
+                model.id, model.dim, np.asarray([h.id for h in hits])
+            )
+            hits = self.captions.for_hits(hits, vecs)
+        took = (time.perf_counter() - started) * 1000
+        return SearchResult(hits, took, cutoff if cutoff > -1 else None)
+
+    def text(self, query: str, k: int = 20) -> list[Hit]:
+        """Images best matching a text (plain ranking: exact scores, no cut-off)."""
+        if not query.strip():
+            raise InvalidInput("the query text is empty")
+        return self.search(Query(text=query, k=k, cutoff=False)).hits
 
     def similar(self, image: int | str, k: int = 20) -> list[Hit]:
         """Images most like an indexed image (its own first hit) or an image file."""
         vec, _ = self.vector_of(image)
-        return self.by_vector(vec, k)
+        return self.search(Query(image_vector=vec, k=k, cutoff=False, rerank="none")).hits
 
-    def by_vector(self, vector: Embeddings, k: int) -> list[Hit]:
-        """The k nearest images to a unit vector, best first."""
-        if k < 1:
-            raise InvalidInput("k must be at least 1")
-        index = self.index()
-        if not len(index):
-            return []
-        scores, ids = index.search(vector.reshape(1, -1), k)
-        pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
-        rows = self.home.images_by_id([i for i, _ in pairs])
-        return [
-            Hit(i, r.path, s, r.width, r.height, r.taken_at)
-            for i, s in pairs
-            if (r := rows.get(i)) is not None
-        ]
+    def _cutoff(self, q: Query, vec: Embeddings, model: Model) -> float:
+        floor = q.min_score if q.min_score is not None else -1.0
+        if not q.cutoff:
+            return floor
+        sample = self._background_sample(model)
+        return max(floor, rerank.auto_cutoff(sample @ vec, self.settings.cutoff_z))
+
+    def _background_sample(self, model: Model) -> Embeddings:
+        now = time.monotonic()
+        if self._background is None or now - self._background[0] > 300:
+            with self.home.engine.connect() as conn:
+                from sqlalchemy import func, select
+
+                from indexer.db import Image
+
+                lo, hi = conn.execute(select(func.min(Image.id), func.max(Image.id))).one()
+            if lo is None:
+                return np.zeros((0, model.dim), np.float32)
+            rng = np.random.default_rng(0)
+            pick = np.unique(rng.integers(lo, hi + 1, size=BACKGROUND_SAMPLE))
+            _, vecs = self.home.stored_vectors(model.id, model.dim, pick)
+            self._background = (now, vecs)
+        return self._background[1]
+
+    def _ranked(
+        self, q: Query, vec: Embeddings, index: VectorIndex, model: Model, need: int, cutoff: float
+    ) -> tuple[list[tuple[int, float]], bool]:
+        # Same query, same data: serve later pages from the ranking the first page made.
+        key = (
+            q.text,
+            q.image_id,
+            None if q.image_vector is None else q.image_vector.tobytes(),
+            q.weights,
+            q.negative,
+            q.filters,
+            q.rerank,
+            q.mmr_lambda,
+            cutoff,
+        )
+        cached = self._pages.get(key)
+        if (
+            cached is not None
+            and cached[0] == self._generation
+            and (len(cached[1]) >= need or cached[2])
+        ):
+            self._pages.move_to_end(key)
+            return cached[1], cached[2]
+        ranked, exhausted = self._rank(q, vec, index, model, need, cutoff)
+        self._pages[key] = (self._generation, ranked, exhausted)
+        while len(self._pages) > 64:
+            self._pages.popitem(last=False)
+        return ranked, exhausted
+
+    def _rank(
+        self, q: Query, vec: Embeddings, index: VectorIndex, model: Model, need: int, cutoff: float
+    ) -> tuple[list[tuple[int, float]], bool]:
+        allowed: Ids | None = None
+        if q.filters.active():
+            allowed = allowed_ids(self.home, q.filters)
+            if not len(allowed):
+                return [], True
+        pool = need if q.rerank == "none" else max(need * POOL_FACTOR, need + POOL_EXTRA)
+        ids, scores, exhausted = self._retrieve(vec, pool, index, allowed)
+        if q.rerank == "none":
+            keep = scores >= cutoff
+            return [
+                (int(i), float(s)) for i, s in zip(ids[keep], scores[keep], strict=True)
+            ], exhausted
+        lexical = self._lexical(q)
+        if lexical:
+            extra = np.setdiff1d(np.fromiter(lexical, np.int64), ids)
+            if allowed is not None:
+                extra = np.intersect1d(extra, allowed)
+            ids = np.concatenate([ids, extra])
+        # Exact re-score against the stored embeddings (the index may be compressed).
+        found, vecs = self.home.stored_vectors(model.id, model.dim, ids)
+        exact = vecs @ vec
+        if lexical:
+            w = self.settings.lexical_weight
+            exact = exact + w * np.asarray([lexical.get(int(i), 0.0) for i in found], np.float32)
+        order = [int(i) for i in np.lexsort((found, -exact)) if exact[i] >= cutoff]
+        order = rerank.collapse_duplicates(order, vecs, self.settings.dedupe_threshold)
+        if q.rerank == "mmr":
+            order = rerank.mmr(order, vecs, exact, q.mmr_lambda, need)
+        elif q.rerank == "generative" and self.captions is not None:
+            order = self._generative(q, order, vecs, exact, found, need)
+        return [(int(found[i]), float(exact[i])) for i in order], exhausted
+
+    def _generative(
+        self, q: Query, order: list[int], vecs: Embeddings, exact: np.ndarray, found: Ids, need: int
+    ) -> list[int]:
+        top = order[: max(need, 20)]
+        assert self.captions is not None
+        loglik = self.captions.score_text([int(found[i]) for i in top], vecs[top], q.text or "")
+        fused = rerank.fuse(exact[top], loglik, self.settings.generative_weight)
+        return [top[j] for j in np.argsort(-fused, kind="stable")] + order[len(top) :]
+
+    def _lexical(self, q: Query) -> dict[int, float]:
+        if self.captions is None or not q.text or self.settings.lexical_weight <= 0:
+            return {}
+        return self.captions.keyword_ids(q.text)
+
+    def _retrieve(
+        self, vec: Embeddings, n: int, index: VectorIndex, allowed: Ids | None
+    ) -> tuple[Ids, np.ndarray, bool]:
+        """(ids, approximate scores, whether every candidate was seen), best first."""
+        total = len(index)
+        if total == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32), True
+        q = vec.reshape(1, -1)
+        if allowed is None:
+            scores, ids = index.search(q, n)
+            return (*_valid(ids[0], scores[0]), n >= total)
+        if len(allowed) <= max(n, SELECTIVE * total):
+            scores, ids = index.search_subset(q, n, allowed)
+            return (*_valid(ids[0], scores[0]), n >= len(allowed))
+        m = min(total, n * 2)
+        while True:
+            scores, ids = index.search(q, m)
+            keep = np.isin(ids[0], allowed)
+            if keep.sum() >= n or m >= total:
+                got_ids, got_scores = _valid(ids[0][keep], scores[0][keep])
+                return got_ids[:n], got_scores[:n], m >= total and keep.sum() <= n
+            m = min(total, m * 4)
+
+
+def _valid(ids: np.ndarray, scores: np.ndarray) -> tuple[Ids, np.ndarray]:
+    ok = ids >= 0
+    return ids[ok].astype(np.int64), scores[ok]

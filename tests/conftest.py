@@ -46,6 +46,10 @@ def env(
         "PIXSEARCH_MODEL": str(config),
         "PIXSEARCH_PRETRAINED": str(checkpoint),
         "PIXSEARCH_BATCH_SIZE": "8",
+        # The random tiny model puts distinct pictures closer than real CLIP models do;
+        # only true copies should collapse as duplicates here.
+        "PIXSEARCH_DEDUPE_THRESHOLD": "0.9995",
+        "PIXSEARCH_CAPTIONER": "none",
     }
     for key, value in values.items():
         monkeypatch.setenv(key, value)

@@ -22,11 +22,48 @@ def test_models_and_migrations_agree(tmp_path: Path) -> None:
     engine = db.make_engine(f"sqlite:///{tmp_path / 'x.db'}")
     db.upgrade(engine)
     with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), db.Base.metadata)
+        ctx = MigrationContext.configure(conn, opts={"include_object": include_object})
+        diff = compare_metadata(ctx, db.Base.metadata)
         assert diff == []
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
     script = ScriptDirectory.from_config(db.alembic_config("sqlite://"))  # type: ignore[arg-type]
     assert script.get_current_head() == db.SCHEMA_REVISION
+
+
+def include_object(obj: object, name: str | None, type_: str, *args: object) -> bool:
+    return not (type_ == "table" and name and name.startswith(db.FTS_TABLES))
+
+
+def test_old_database_is_migrated_in_place_with_nothing_lost(tmp_path: Path) -> None:
+    """tests/fixtures/home-0001.db was written by pixsearch at schema 0001 (5 images)."""
+    import shutil
+
+    from sqlalchemy import func, select
+
+    from indexer.db import Caption, Embedding, Image, Library, Model
+
+    home_dir = tmp_path / "home"
+    home_dir.mkdir()
+    shutil.copy(Path(__file__).parent / "fixtures" / "home-0001.db", home_dir / "pixsearch.db")
+    home = Home(Settings(home=home_dir))
+    with home.session() as s:
+        assert s.scalar(select(func.count()).select_from(Image)) == 5
+        assert s.scalar(select(func.count()).select_from(Embedding)) == 5
+        assert s.scalars(select(Model.name)).one() == "pixsearch-test-tiny/tiny.pt"
+        paths = sorted(s.scalars(select(Image.path)))
+        assert paths[0] == "/tmp/fx/photos-0001/img_0000.jpg"
+        assert list(s.scalars(select(Library.path))) == ["/tmp/fx/photos-0001"]
+        digest = s.scalars(select(Image.content_hash)).first()
+        s.add(
+            Caption(content_hash=digest, captioner="t", text="a red bicycle", created_at=home.now())
+        )
+        s.commit()
+    with home.engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        hit = conn.execute(
+            text("SELECT rowid FROM captions_fts WHERE captions_fts MATCH 'bicycle'")
+        ).all()
+        assert len(hit) == 1
 
 
 def test_the_alembic_command_line_works_too(tmp_path: Path) -> None:

@@ -1,0 +1,231 @@
+"""HTTP endpoints. Blocking model and index work runs in the thread pool, off the event loop."""
+
+from __future__ import annotations
+
+import logging
+import mimetypes
+from datetime import date
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from api.schemas import FiltersIn, HitOut, Ready, SearchOptions, SearchRequest, SearchResponse
+from api.security import servable
+from api.service import Service
+from indexer.errors import InvalidInput, NotFound
+from indexer.thumbnails import thumbnail
+from search.query import Query as SearchQuery
+from search.query import SearchResult
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+_TYPES = {
+    "jpeg": "image/jpeg",
+    "png": "image/png",
+    "webp": "image/webp",
+    "gif": "image/gif",
+    "bmp": "image/bmp",
+    "tiff": "image/tiff",
+    "heif": "image/heif",
+    "avif": "image/avif",
+}
+
+
+def _service(request: Request) -> Service:
+    return request.app.state.service  # type: ignore[no-any-return]
+
+
+def _respond(service: Service, query: SearchQuery) -> SearchResponse:
+    notice = None
+    if query.captions and service.captions is None:
+        notice = service.captioner_error or "captions are off (PIXSEARCH_CAPTIONER=none)"
+    if (
+        service.home.exists() and service.home.model_row(service.encoder.key) is None
+    ) or not service.home.exists():
+        return SearchResponse(results=[], took_ms=0.0, notice="nothing is indexed yet")
+    result: SearchResult = service.searcher.search(query)
+    return SearchResponse(
+        results=[HitOut.of(h) for h in result.hits],
+        took_ms=round(result.took_ms, 2),
+        cutoff=result.cutoff,
+        notice=notice,
+    )
+
+
+@router.get("/health", tags=["service"])
+def health() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/ready", response_model=Ready, tags=["service"])
+def ready(request: Request) -> Ready:
+    """Readiness: models and index loaded; how many images, which model."""
+    service = _service(request)
+    images = service.home.image_count() if service.home.exists() else 0
+    index = None
+    if images and service.home.model_row(service.encoder.key) is not None:
+        index = service.searcher.index().kind
+    return Ready(
+        ready=True,
+        images=images,
+        model=service.encoder.key,
+        index=index,
+        captioner=service.captions.name if service.captions else None,
+    )
+
+
+@router.post("/search", response_model=SearchResponse, tags=["search"])
+def search(body: SearchRequest, request: Request) -> SearchResponse:
+    """Text and/or image query, negatives, filters, paging, reranking, captions."""
+    service = _service(request)
+    if body.image_id is not None:
+        _row(service, body.image_id)  # 404 for an unknown id
+    return _respond(service, body.to_query())
+
+
+def _form_or_query(request: Request, form: dict[str, Any]) -> dict[str, Any]:
+    merged = {k: v for k, v in request.query_params.items() if k != "api_key"}
+    merged.update({k: v for k, v in form.items() if v is not None})
+    return merged
+
+
+@router.post("/search/image", response_model=SearchResponse, tags=["search"])
+async def search_image(
+    request: Request,
+    file: Annotated[UploadFile, File(description="A picture; need not be in the collection.")],
+    text: Annotated[str | None, Form(max_length=1000)] = None,
+    k: Annotated[int | None, Form(ge=1, le=200)] = None,
+    offset: Annotated[int | None, Form(ge=0, le=10_000)] = None,
+    captions: Annotated[bool | None, Form()] = None,
+    rerank: Annotated[str | None, Form()] = None,
+    min_score: Annotated[float | None, Form(ge=-1, le=1)] = None,
+    cutoff: Annotated[bool | None, Form()] = None,
+    taken_after: Annotated[date | None, Form()] = None,
+    taken_before: Annotated[date | None, Form()] = None,
+    path_prefix: Annotated[str | None, Form(max_length=4096)] = None,
+    camera: Annotated[str | None, Form(max_length=128)] = None,
+    min_width: Annotated[int | None, Form(ge=1)] = None,
+    min_height: Annotated[int | None, Form(ge=1)] = None,
+    format: Annotated[str | None, Form(max_length=16)] = None,
+) -> SearchResponse:
+    """Query by an uploaded picture (options as form fields or query parameters)."""
+    service = _service(request)
+    limit = service.settings.max_upload_bytes
+    data = await file.read(limit + 1)
+    if len(data) > limit:
+        raise HTTPException(413, f"upload over {limit} bytes")
+    raw = _form_or_query(
+        request,
+        {
+            "k": k,
+            "offset": offset,
+            "captions": captions,
+            "rerank": rerank,
+            "min_score": min_score,
+            "cutoff": cutoff,
+            "taken_after": taken_after,
+            "taken_before": taken_before,
+            "path_prefix": path_prefix,
+            "camera": camera,
+            "min_width": min_width,
+            "min_height": min_height,
+            "format": format,
+            "text": text,
+        },
+    )
+    filter_keys = set(FiltersIn.model_fields)
+    opts_raw = {k_: v for k_, v in raw.items() if k_ in SearchOptions.model_fields}
+    opts_raw["filters"] = {k_: v for k_, v in raw.items() if k_ in filter_keys}
+    if isinstance(opts_raw.get("rerank"), str) and opts_raw["rerank"].lower() in ("true", "false"):
+        opts_raw["rerank"] = opts_raw["rerank"].lower() == "true"
+    try:
+        opts = SearchOptions.model_validate(opts_raw)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from None
+    query_text = raw.get("text") or None
+
+    def run() -> SearchResponse:
+        vec = service.searcher.embed_image_bytes(data)
+        q = SearchQuery(
+            text=query_text,
+            image_vector=vec,
+            k=opts.k,
+            offset=opts.offset,
+            filters=opts.filters.to_filters(),
+            rerank=opts.rerank_mode(),
+            mmr_lambda=opts.mmr_lambda,
+            min_score=opts.min_score,
+            cutoff=opts.cutoff,
+            captions=opts.captions,
+        )
+        return _respond(service, q)
+
+    return await run_in_threadpool(run)
+
+
+def _row(service: Service, image_id: int) -> Any:
+    if image_id < 1 or image_id > 2**62:
+        raise NotFound(f"no indexed image has id {image_id}")
+    row = service.home.images_by_id([image_id]).get(image_id)
+    if row is None:
+        raise NotFound(f"no indexed image has id {image_id}")
+    return row
+
+
+@router.get("/images/{image_id}", tags=["images"], response_class=FileResponse)
+def image(image_id: int, request: Request) -> FileResponse:
+    """The original file of an indexed image."""
+    service = _service(request)
+    row = _row(service, image_id)
+    if not servable(row.path, service.home.libraries()):
+        raise NotFound(f"image {image_id} is no longer available in an indexed folder")
+    media = (
+        _TYPES.get(row.format) or mimetypes.guess_type(row.path)[0] or "application/octet-stream"
+    )
+    return FileResponse(row.path, media_type=media)
+
+
+@router.get("/images/{image_id}/thumbnail", tags=["images"], response_class=FileResponse)
+def image_thumbnail(image_id: int, request: Request) -> FileResponse:
+    """A JPEG of at most 256 px, made once and kept in the home."""
+    service = _service(request)
+    row = _row(service, image_id)
+    if not servable(row.path, service.home.libraries()):
+        raise NotFound(f"image {image_id} is no longer available in an indexed folder")
+    path = thumbnail(
+        service.home.path, row.content_hash, row.path, service.settings.max_image_pixels
+    )
+    return FileResponse(
+        path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"}
+    )
+
+
+@router.get("/images/{image_id}/similar", response_model=SearchResponse, tags=["search"])
+def image_similar(
+    image_id: int,
+    request: Request,
+    k: Annotated[int, Query(ge=1, le=200)] = 20,
+    offset: Annotated[int, Query(ge=0, le=10_000)] = 0,
+    captions: bool = False,
+) -> SearchResponse:
+    """More like this: the image itself comes first, near-duplicates collapse into it."""
+    service = _service(request)
+    _row(service, image_id)
+    return _respond(service, SearchQuery(image_id=image_id, k=k, offset=offset, captions=captions))
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+def page() -> HTMLResponse:
+    """The web page."""
+    from api.server import STATIC
+
+    return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
+
+
+__all__ = ["InvalidInput", "router"]

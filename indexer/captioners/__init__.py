@@ -1,0 +1,1 @@
+"""Caption generators that work from stored CLIP embeddings."""

@@ -1,0 +1,188 @@
+"""The captioner interface, the registry of implementations, and the stored captions."""
+
+from __future__ import annotations
+
+import logging
+import textwrap
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import select
+from sqlalchemy.dialects.sqlite import insert
+
+from indexer.db import Caption
+from indexer.errors import ModelUnavailable
+from indexer.home import Home
+from indexer.types import Embeddings
+
+log = logging.getLogger(__name__)
+
+
+class Captioner(Protocol):
+    """Writes captions for images, and scores how likely a text is as an image's caption."""
+
+    #: Stored with each caption, so that captions of different captioners never mix.
+    name: str
+
+    def caption(self, paths: Sequence[str], embeddings: Embeddings) -> list[str]:
+        """One caption per image (given both its file and its stored CLIP embedding)."""
+        ...
+
+    def score(
+        self, paths: Sequence[str], embeddings: Embeddings, text: str
+    ) -> npt.NDArray[np.float32]:
+        """Length-normalised log-likelihood of `text` as each image's caption."""
+        ...
+
+
+#: A kind of captioner: whether it recognises a spec, and how to build it.
+class CaptionerKind(Protocol):
+    def accepts(self, spec: str) -> bool: ...
+    def build(self, spec: str, device: str) -> Captioner: ...
+
+
+_REGISTRY: dict[str, CaptionerKind] = {}
+
+
+def register(name: str) -> Callable[[type], type]:
+    """Class decorator adding a captioner kind under `name` (checked in registration order)."""
+
+    def deco(cls: type) -> type:
+        _REGISTRY[name] = cls()
+        return cls
+
+    return deco
+
+
+def captioner_kinds() -> list[str]:
+    """Names of the registered captioner kinds."""
+    _import_builtin()
+    return list(_REGISTRY)
+
+
+def _import_builtin() -> None:
+    from indexer.captioners import clipcap_kind, vitgpt2  # noqa: F401  (they register)
+
+
+def load_captioner(spec: str, device: str = "cpu") -> Captioner | None:
+    """The captioner that `spec` names (`none` for none); `ModelUnavailable` if it can't load."""
+    spec = spec.strip()
+    if not spec or spec.lower() == "none":
+        return None
+    _import_builtin()
+    kind_name, _, rest = spec.partition(":")
+    if rest and kind_name in _REGISTRY and not Path(spec).exists():
+        return _REGISTRY[kind_name].build(rest, device)
+    for kind in _REGISTRY.values():
+        if kind.accepts(spec):
+            return kind.build(spec, device)
+    raise ModelUnavailable(f"no captioner kind accepts '{spec}' (kinds: {', '.join(_REGISTRY)})")
+
+
+def unavailable(spec: str, exc: BaseException) -> ModelUnavailable:
+    """The one-line error for a captioner whose weights cannot be loaded."""
+    reason = textwrap.shorten(str(exc), 110, placeholder="...")
+    return ModelUnavailable(
+        f"cannot load captioner '{spec}' ({reason}); without network, save it once elsewhere "
+        "with save_pretrained and set PIXSEARCH_CAPTIONER=/path/to/folder, or set it to none"
+    )
+
+
+class CaptionStore:
+    """Captions kept in the database per (file content, captioner): never computed twice."""
+
+    def __init__(self, home: Home, captioner: Captioner) -> None:
+        self.home = home
+        self.captioner = captioner
+        self._lock = threading.Lock()
+
+    def get(self, hashes: Sequence[str]) -> dict[str, str]:
+        """Stored captions for these contents."""
+        out: dict[str, str] = {}
+        unique = list(dict.fromkeys(hashes))
+        with self.home.session() as s:
+            for start in range(0, len(unique), 900):
+                rows = s.execute(
+                    select(Caption.content_hash, Caption.text).where(
+                        Caption.captioner == self.captioner.name,
+                        Caption.content_hash.in_(unique[start : start + 900]),
+                    )
+                )
+                out.update({h: t for h, t in rows})
+        return out
+
+    def ensure(self, items: Sequence[tuple[str, str]], embeddings: Embeddings) -> dict[str, str]:
+        """Captions for (content hash, path) items, generating and storing the missing ones."""
+        have = self.get([h for h, _ in items])
+        todo = [(i, h, p) for i, (h, p) in enumerate(items) if h not in have]
+        if todo:
+            with self._lock:  # one generation at a time; a second caller then finds them
+                have.update(self.get([h for _, h, _ in todo]))
+                todo = [t for t in todo if t[1] not in have]
+                if todo:
+                    texts = self.captioner.caption(
+                        [p for _, _, p in todo], embeddings[[i for i, _, _ in todo]]
+                    )
+                    new = {h: t for (_, h, _), t in zip(todo, texts, strict=True)}
+                    self._store(new)
+                    have.update(new)
+        return have
+
+    def _store(self, captions: dict[str, str]) -> None:
+        if not captions:
+            return
+        now = self.home.now()
+        rows = [
+            {"content_hash": h, "captioner": self.captioner.name, "text": t, "created_at": now}
+            for h, t in captions.items()
+        ]
+        with self.home.session() as s, s.begin():
+            s.execute(insert(Caption).values(rows).on_conflict_do_nothing())
+
+    def keyword_hits(self, words: str, limit: int = 200) -> dict[str, float]:
+        """Contents whose stored caption matches the words (SQLite FTS5), with a 0-1 score."""
+        from sqlalchemy import text as sql
+
+        terms = [w for w in "".join(c if c.isalnum() else " " for c in words).split() if len(w) > 2]
+        if not terms or self.home.engine.dialect.name != "sqlite":
+            return {}
+        match = " OR ".join(f'"{t}"' for t in terms)
+        stmt = sql(
+            "SELECT c.content_hash, bm25(captions_fts) AS rank FROM captions_fts "
+            "JOIN captions c ON c.rowid = captions_fts.rowid "
+            "WHERE captions_fts MATCH :m AND c.captioner = :cap ORDER BY rank LIMIT :n"
+        )
+        with self.home.engine.connect() as conn:
+            rows = conn.execute(stmt, {"m": match, "cap": self.captioner.name, "n": limit}).all()
+        if not rows:
+            return {}
+        best = min(r[1] for r in rows)  # bm25: lower is better, negative
+        return {r[0]: float(r[1] / best) if best else 1.0 for r in rows}
+
+
+def caption_missing(
+    home: Home, store: CaptionStore, model_id: int, dim: int, batch: int = 16
+) -> int:
+    """Caption every image that has no caption from this captioner yet; returns how many."""
+    from indexer.db import Embedding, Image
+
+    with home.session() as s:
+        done = select(Caption.content_hash).where(Caption.captioner == store.captioner.name)
+        rows = s.execute(
+            select(Image.content_hash, Image.path, Embedding.vector)
+            .join(Embedding, Embedding.content_hash == Image.content_hash)
+            .where(Embedding.model_id == model_id, Image.content_hash.not_in(done))
+        ).all()
+    seen: dict[str, tuple[str, bytes]] = {}
+    for digest, path, blob in rows:
+        seen.setdefault(digest, (path, blob))
+    items = list(seen.items())
+    for start in range(0, len(items), batch):
+        part = items[start : start + batch]
+        vecs = np.frombuffer(b"".join(b for _, (_, b) in part), np.float32).reshape(-1, dim)
+        store.ensure([(h, p) for h, (p, _) in part], vecs)
+    return len(items)

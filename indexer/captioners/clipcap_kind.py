@@ -1,0 +1,51 @@
+"""ClipCap captioners in the registry: captions straight from stored CLIP embeddings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from indexer.captioners.base import register
+from indexer.captioners.clipcap import CONFIG_NAME, ClipCapCaptioner
+from indexer.errors import ModelUnavailable
+from indexer.types import Embeddings
+
+
+@register("clipcap")
+class ClipCapKind:
+    """A folder holding a pixsearch ClipCap config (`clipcap_config.json`) and weights."""
+
+    def accepts(self, spec: str) -> bool:
+        return (Path(spec).expanduser() / CONFIG_NAME).is_file()
+
+    def build(self, spec: str, device: str) -> ClipCapAdapter:
+        return ClipCapAdapter(spec, device)
+
+
+class ClipCapAdapter:
+    """The Captioner interface over `ClipCapCaptioner`; image files are never opened."""
+
+    def __init__(self, folder: str, device: str = "cpu") -> None:
+        path = Path(folder).expanduser()
+        if not (path / CONFIG_NAME).is_file():
+            raise ModelUnavailable(f"{folder} is not a ClipCap captioner folder")
+        self.impl = ClipCapCaptioner(path, device)
+        self.name = f"clipcap:{path.name}"
+
+    @property
+    def clip_model(self) -> str:
+        """The CLIP model whose embeddings the captioner reads."""
+        return self.impl.clip_model
+
+    def caption(self, paths: Sequence[str], embeddings: Embeddings) -> list[str]:
+        """Captions decoded from the embeddings."""
+        return self.impl.caption_embeddings(embeddings)
+
+    def score(
+        self, paths: Sequence[str], embeddings: Embeddings, text: str
+    ) -> npt.NDArray[np.float32]:
+        """Length-normalised log-likelihood of the text per embedding."""
+        return np.asarray(self.impl.score_texts(embeddings, text), np.float32)

@@ -1,0 +1,140 @@
+"""Small real components for tests: a tiny ViT-GPT-2 captioner, homes of synthetic vectors."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+
+from indexer.db import Embedding, Image, Library, Model
+from indexer.home import Home
+from indexer.settings import Settings
+from tests.helpers import picture
+
+SENTENCES = [
+    "a dog running on a beach at sunset",
+    "a red car parked in the street",
+    "two people riding bicycles in a park",
+    "a bowl of fruit on a wooden table",
+    "a cat sleeping on a sofa",
+    "mountains covered in snow under a blue sky",
+] * 20
+
+
+def build_tiny_captioner(folder: Path) -> Path:
+    """A VisionEncoderDecoder (one-layer ViT + one-layer GPT-2) with random weights, and a
+    byte-level BPE tokenizer and image processor made here, all saved with save_pretrained."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        GPT2TokenizerFast,
+        VisionEncoderDecoderModel,
+        ViTConfig,
+        ViTImageProcessor,
+        ViTModel,
+    )
+
+    torch.manual_seed(0)
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator(SENTENCES, trainer)
+    tok = GPT2TokenizerFast(
+        tokenizer_object=bpe,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
+    tok.pad_token = tok.eos_token
+    encoder = ViTModel(
+        ViTConfig(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+        )
+    )
+    decoder = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(tok),
+            n_embd=32,
+            n_layer=1,
+            n_head=2,
+            n_positions=64,
+            add_cross_attention=True,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+    )
+    model = VisionEncoderDecoderModel(encoder=encoder, decoder=decoder)
+    model.config.decoder_start_token_id = tok.bos_token_id
+    model.config.pad_token_id = tok.pad_token_id
+    model.config.eos_token_id = tok.eos_token_id
+    model.generation_config.decoder_start_token_id = tok.bos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+def synthetic_home(
+    settings: Settings, model_key: str, vectors: np.ndarray, folder: Path, with_files: bool = False
+) -> list[int]:
+    """Write a home whose images have exactly these embeddings (unit rows); returns ids.
+
+    Image i is `folder/img_i.jpg`, taken on 2020-01-01 plus i days; with `with_files` the
+    files exist (pictures made here), so thumbnails and downloads work too.
+    """
+    vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    home = Home(settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    now = home.now()
+    with home.session() as s, s.begin():
+        model = Model(name=model_key, dim=vectors.shape[1], generation=1)
+        s.add(model)
+        s.add(Library(path=str(folder), added_at=now))
+        s.flush()
+        rows = []
+        for i, vec in enumerate(vectors):
+            path = folder / f"img_{i:05d}.jpg"
+            if with_files:
+                picture(i, (64, 48)).save(path)
+            digest = f"{i:032x}"
+            rows.append(
+                Image(
+                    path=str(path),
+                    size=1,
+                    mtime_ns=1,
+                    content_hash=digest,
+                    width=640 + i % 3,
+                    height=480,
+                    format="jpeg",
+                    taken_at=datetime(2020, 1, 1) + timedelta(days=i),
+                    camera_make="Canon" if i % 2 else "Nikon",
+                    camera_model="X",
+                    indexed_at=now,
+                )
+            )
+            s.add(
+                Embedding(
+                    content_hash=digest,
+                    model_id=model.id,
+                    vector=np.asarray(vec, np.float32).tobytes(),
+                )
+            )
+        s.add_all(rows)
+        s.flush()
+        return [r.id for r in rows]
