@@ -285,6 +285,42 @@ def export(
     typer.echo(f"wrote {len(ids)} embeddings of dimension {model.dim} to {out}")
 
 
+@app.command(name="eval")
+def evaluate(
+    dataset: Annotated[Path, typer.Argument(help="captions.csv folder or COCO-captions layout.")],
+    as_json: JsonFlag = False,
+    eval_home: Annotated[
+        Path | None, typer.Option("--eval-home", help="Index here instead of a temporary home.")
+    ] = None,
+    captions: Annotated[
+        bool, typer.Option(help="Score generated captions (BLEU-4, CIDEr) if a captioner is set.")
+    ] = True,
+) -> None:
+    """Measure retrieval quality: recall@1/5/10 both ways, per rerank setting."""
+    from indexer.encoder import get_encoder
+    from search.evaluate import evaluate as run_eval
+
+    cfg = settings()
+    result: Any = run_eval(dataset, cfg, get_encoder(cfg), home=eval_home, captions=captions)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    typer.echo(f"{result['images']} images, {result['queries']} queries, {result['seconds']} s")
+    typer.echo(f"{'':<24}{'R@1':>8}{'R@5':>8}{'R@10':>8}")
+    rows = [
+        (f"text->image ({mode})", v["text_to_image"]) for mode, v in result["by_rerank"].items()
+    ]  # type: ignore[attr-defined]
+    rows.append(("image->text", result["image_to_text"]))
+    for name, r in rows:
+        typer.echo(f"{name:<24}{r['recall@1']:>8.3f}{r['recall@5']:>8.3f}{r['recall@10']:>8.3f}")
+    if "captions" in result:
+        c = result["captions"]
+        typer.echo(
+            f"captions ({c['captioner']}): BLEU-4 {c['bleu@4']:.3f}, "  # type: ignore[index]
+            f"CIDEr {c['cider']:.3f}"
+        )  # type: ignore[index]
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to bind; loopback by default.")] = "127.0.0.1",

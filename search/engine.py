@@ -7,7 +7,6 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from functools import lru_cache
 
 import numpy as np
 
@@ -53,7 +52,9 @@ class Searcher:
         self._pages: OrderedDict[tuple[object, ...], tuple[int, list[tuple[int, float]], bool]] = (
             OrderedDict()
         )
-        self.embed_text = lru_cache(maxsize=512)(self._embed_text)
+        self._texts: OrderedDict[str, Embeddings] = OrderedDict()
+        self._texts_limit = 512
+        self._text_lock = threading.Lock()
 
     # -- state ----------------------------------------------------------------------------
     def model(self) -> Model:
@@ -77,8 +78,32 @@ class Searcher:
                 self._index, self._generation = fresh, generation
             return self._index
 
-    def _embed_text(self, text: str) -> Embeddings:
-        return self.encoder.embed_texts([text])[0]
+    def embed_text(self, text: str) -> Embeddings:
+        """A text's embedding; repeated queries hit a small cache."""
+        text = text.strip()
+        with self._text_lock:
+            vec = self._texts.get(text)
+            if vec is not None:
+                self._texts.move_to_end(text)
+                return vec
+        vec = self.encoder.embed_texts([text])[0]
+        self._remember(text, vec)
+        return vec
+
+    def prime_texts(self, texts: list[str], batch: int = 256) -> None:
+        """Embed many texts in batches (an evaluation's queries) and keep them all cached."""
+        self._texts_limit = max(self._texts_limit, len(texts) + 512)
+        todo = [t for t in dict.fromkeys(t.strip() for t in texts) if t not in self._texts]
+        for start in range(0, len(todo), batch):
+            part = todo[start : start + batch]
+            for text, vec in zip(part, self.encoder.embed_texts(part), strict=True):
+                self._remember(text, vec)
+
+    def _remember(self, text: str, vec: Embeddings) -> None:
+        with self._text_lock:
+            self._texts[text] = vec
+            while len(self._texts) > self._texts_limit:
+                self._texts.popitem(last=False)
 
     # -- query vectors --------------------------------------------------------------------
     def vector_of(self, image: int | str) -> tuple[Embeddings, int | None]:
