@@ -33,6 +33,8 @@ SELECTIVE = 0.2
 #: Weight of the negative texts subtracted from the query vector.
 NEGATIVE_WEIGHT = 0.5
 BACKGROUND_SAMPLE = 2000
+#: Indexes at least this large are reloaded in a background thread.
+BACKGROUND_RELOAD = 100_000
 
 
 class Searcher:
@@ -55,6 +57,7 @@ class Searcher:
         self._texts: OrderedDict[str, Embeddings] = OrderedDict()
         self._texts_limit = 512
         self._text_lock = threading.Lock()
+        self._pages_lock = threading.Lock()
 
     # -- state ----------------------------------------------------------------------------
     def model(self) -> Model:
@@ -68,15 +71,42 @@ class Searcher:
         return row
 
     def index(self) -> VectorIndex:
-        """The current FAISS index; reloaded (or rebuilt) when the database has moved on."""
+        """The current FAISS index; reloaded (or rebuilt) when the database has moved on.
+
+        The new index is built first and then swapped in: queries in flight keep the old one.
+        A large index is reloaded in the background while queries go on with the old one.
+        """
         model = self.model()
         generation = self.home.generation(model.id)
-        with self._lock:
-            if self._index is None or generation != self._generation:
-                # Build the new one first, then swap: queries in flight keep the old one.
-                fresh = self.home.load_index(model.name, model.id, model.dim)
-                self._index, self._generation = fresh, generation
-            return self._index
+        current = self._index
+        if current is not None and generation == self._generation:
+            return current
+        if current is None or len(current) < BACKGROUND_RELOAD:
+            with self._lock:
+                if self._index is None or generation != self._generation:
+                    self._load(model, generation)
+                assert self._index is not None
+                return self._index
+        if self._lock.acquire(blocking=False):
+            threading.Thread(
+                target=self._reload_in_background,
+                args=(model, generation),
+                daemon=True,
+                name="pixsearch-reload",
+            ).start()
+        return current
+
+    def _load(self, model: Model, generation: int) -> None:
+        fresh = self.home.load_index(model.name, model.id, model.dim)
+        self._index, self._generation = fresh, generation
+
+    def _reload_in_background(self, model: Model, generation: int) -> None:
+        try:
+            self._load(model, generation)
+        except Exception:  # the old index keeps answering; the next query tries again
+            log.exception("reloading the index failed")
+        finally:
+            self._lock.release()
 
     def embed_text(self, text: str) -> Embeddings:
         """A text's embedding; repeated queries hit a small cache."""
