@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from search.query import Filters, Hit, Query, RerankMode
 
 RerankIn = bool | Literal["none", "standard", "mmr", "generative"]
+Weight = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
 
 
 class FiltersIn(BaseModel):
@@ -19,7 +20,9 @@ class FiltersIn(BaseModel):
 
     taken_after: date | None = Field(None, description="Taken on or after this day.")
     taken_before: date | None = Field(None, description="Taken on or before this day.")
-    path_prefix: str | None = Field(None, max_length=4096, description="Folder (or file).")
+    path_prefix: str | None = Field(
+        None, max_length=4096, pattern=r"^[^\x00]*$", description="Folder (or file)."
+    )
     camera: str | None = Field(None, max_length=128, description="Camera make or model.")
     min_width: int | None = Field(None, ge=1, le=1_000_000)
     min_height: int | None = Field(None, ge=1, le=1_000_000)
@@ -60,7 +63,7 @@ class SearchRequest(SearchOptions):
 
     text: str | None = Field(None, max_length=1000, description="What to look for.")
     image_id: int | None = Field(None, ge=1, le=2**62, description="An indexed image's id.")
-    weights: tuple[float, float] | None = Field(
+    weights: tuple[Weight, Weight] | None = Field(
         None, description="(text, image) weights when both are given; default equal."
     )
     negative: list[str] = Field(

@@ -159,5 +159,10 @@ def upgrade(engine: Engine) -> None:
     log.info("migrating database from %s to %s", current or "empty", SCHEMA_REVISION)
     cfg = alembic_config(str(engine.url.render_as_string(hide_password=False)))
     with engine.begin() as conn:
+        if engine.dialect.name == "sqlite":
+            # pysqlite runs DDL outside any transaction: without this, a crash (kill -9) mid-
+            # migration leaves half a schema that every later run fails to upgrade. IMMEDIATE
+            # also makes a second process opening a new home wait, then find it migrated.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
         cfg.attributes["connection"] = conn  # type: ignore[attr-defined]
         command.upgrade(cfg, "head")  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Protocol
 
 import numpy as np
@@ -164,6 +165,42 @@ def home_lock(home: Home) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def remove_stale_temp_files(*folders: Path) -> int:
+    """Delete the temporary files of atomic writes (`.NAME.PID[.THREAD].tmp`) whose process is
+    gone: what a kill -9 during a save leaves. A live process's file is left alone."""
+    removed = 0
+    for folder in folders:
+        try:
+            names = [p for p in folder.iterdir() if p.name.startswith(".")]
+        except OSError:
+            continue
+        for path in names:
+            parts = path.name.removesuffix(".tmp").split(".")
+            if not path.name.endswith(".tmp") or len(parts) < 3 or not parts[-1].isdigit():
+                continue
+            pid = int(parts[-2] if parts[-2].isdigit() else parts[-1])
+            if pid <= 0 or _alive(pid):
+                continue
+            try:
+                path.unlink()
+                removed += 1
+            except OSError:
+                pass
+    if removed:
+        log.info("removed %d temporary file(s) left by an interrupted run", removed)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 class Indexer:
     """Runs indexing passes over folders into a home, with one encoder."""
 
@@ -194,6 +231,7 @@ class Indexer:
             # checkpoint fails with one clear error and leaves nothing behind.
             self.encoder.load()
         with home_lock(self.home):
+            remove_stale_temp_files(self.home.path, *self.home.path.glob("thumbnails/*"))
             return self._run(paths)
 
     def _run(self, paths: Sequence[str | os.PathLike[str]]) -> IndexReport:

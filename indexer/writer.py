@@ -106,6 +106,7 @@ class Writer:
         self.index.add(ids, vecs)
         self._dirty = True
         if time.monotonic() - self._last_save > self._checkpoint:
+            self.rebuild_if_outgrown()
             self.save()
 
     def _upsert(self, s: Session, p: Prepared, meta: ImageMeta, now: object) -> int:
@@ -197,6 +198,19 @@ class Writer:
                 used = select(Image.content_hash)
                 s.execute(delete(Embedding).where(Embedding.content_hash.not_in(used)))
                 s.execute(delete(Caption).where(Caption.content_hash.not_in(used)))
+        self.rebuild_if_outgrown()
+
+    def rebuild_if_outgrown(self) -> None:
+        """Rebuild the index from the stored embeddings if the collection outgrew its kind
+        (exact search past ~200k vectors, an IVF index grown 4x since it was trained)."""
+        self.index.wait_rebuild()  # one started when the index was loaded
+        reason = self.index.wants_rebuild()
+        if reason is None:
+            return
+        log.info("rebuilding the FAISS index (%s): %s", self.index.kind, reason)
+        ids, vecs = self.home.stored_vectors(self.model.id, self.model.dim)
+        self.index.replace_with(VectorIndex.build(self.model.dim, ids, vecs))
+        self._dirty = True
 
     def save(self) -> None:
         """Save the index, stamped with the generation the database is at now."""

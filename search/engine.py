@@ -51,9 +51,9 @@ class Searcher:
         self._generation = -1
         self._lock = threading.Lock()
         self._background: tuple[float, Embeddings] | None = None
-        self._pages: OrderedDict[tuple[object, ...], tuple[int, list[tuple[int, float]], bool]] = (
-            OrderedDict()
-        )
+        self._pages: OrderedDict[
+            tuple[object, ...], tuple[tuple[int, int], list[tuple[int, float]], bool]
+        ] = OrderedDict()
         self._texts: OrderedDict[str, Embeddings] = OrderedDict()
         self._texts_limit = 512
         self._text_lock = threading.Lock()
@@ -174,7 +174,8 @@ class Searcher:
             wt, wi = q.weights or (0.5, 0.5)
             if wt < 0 or wi < 0 or wt + wi <= 0:
                 raise InvalidInput("weights must be non-negative and not both zero")
-            vec = wt * parts[0] + wi * parts[1]
+            top = max(wt, wi)  # only the ratio counts; huge weights must not overflow
+            vec = (wt / top) * parts[0] + (wi / top) * parts[1]
         else:
             vec = parts[0]
         negatives = [n.strip() for n in q.negative if n.strip()]
@@ -262,18 +263,19 @@ class Searcher:
             q.mmr_lambda,
             cutoff,
         )
-        cached = self._pages.get(key)
-        if (
-            cached is not None
-            and cached[0] == self._generation
-            and (len(cached[1]) >= need or cached[2])
-        ):
-            self._pages.move_to_end(key)
-            return cached[1], cached[2]
+        # A ranking is valid for the index it was made on: a query still ranking on the old
+        # index when a new one is swapped in must not file its ranking under the new one.
+        stamp = (self._generation, id(index))
+        with self._pages_lock:
+            cached = self._pages.get(key)
+            if cached is not None and cached[0] == stamp and (len(cached[1]) >= need or cached[2]):
+                self._pages.move_to_end(key)
+                return cached[1], cached[2]
         ranked, exhausted = self._rank(q, vec, index, model, need, cutoff)
-        self._pages[key] = (self._generation, ranked, exhausted)
-        while len(self._pages) > 64:
-            self._pages.popitem(last=False)
+        with self._pages_lock:
+            self._pages[key] = (stamp, ranked, exhausted)
+            while len(self._pages) > 64:
+                self._pages.popitem(last=False)
         return ranked, exhausted
 
     def _rank(

@@ -28,11 +28,12 @@ def conditions(f: Filters) -> list[ColumnElement[bool]]:
     if f.taken_before is not None:
         end = f.taken_before
         # A date means the whole day; a datetime means that instant.
-        conds.append(
-            Image.taken_at < _start(end) + timedelta(days=1)
-            if not isinstance(end, datetime)
-            else Image.taken_at <= end
-        )
+        if isinstance(end, datetime):
+            conds.append(Image.taken_at <= end)
+        elif end < date.max:
+            conds.append(Image.taken_at < _start(end) + timedelta(days=1))
+        else:  # the last day there is has no next day (OverflowError): any date is before it
+            conds.append(Image.taken_at.is_not(None))
     if f.path_prefix:
         prefix = os.path.abspath(os.path.expanduser(f.path_prefix))
         folder = prefix.rstrip(os.sep) + os.sep

@@ -17,7 +17,7 @@ A captioner folder holds two files:
 Vocabulary rows that are exactly zero (tokens never seen in training) have a constant zero
 logit. Generation and scoring exploit that: they compute logits only for the non-zero rows
 and fold the zero rows into the softmax normaliser exactly, so they stay fast on CPU.
-Greedy decoding never emits a zero-row token.
+Greedy decoding never emits a zero-row token (nor the start-of-text token).
 """
 
 from __future__ import annotations
@@ -139,8 +139,11 @@ class ClipCapConfig:
         return path
 
 
-def build_model(config: ClipCapConfig) -> torch.nn.Module:
-    """A freshly initialised ClipCap model (mapping MLP + ``GPT2LMHeadModel``)."""
+def build_model(config: ClipCapConfig) -> Any:
+    """A freshly initialised ClipCap ``torch.nn.Module`` (mapping MLP + ``GPT2LMHeadModel``).
+
+    Attributes: ``gpt`` (the ``GPT2LMHeadModel``), ``mapper``; method ``prefix(emb)``.
+    """
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -181,7 +184,7 @@ def model_state_dict(model: torch.nn.Module) -> dict[str, npt.NDArray[Any]]:
     }
 
 
-def load_model(folder: str | Path, device: str = "cpu") -> tuple[ClipCapConfig, torch.nn.Module]:
+def load_model(folder: str | Path, device: str = "cpu") -> tuple[ClipCapConfig, Any]:
     """Config and model (eval mode, float32) of a captioner folder."""
     import torch
 
@@ -284,7 +287,10 @@ class ClipCapCaptioner:
         x = self._inputs(embeddings)
         limit = max_new_tokens or self.config.max_new_tokens
         limit = min(limit, model.gpt.config.n_positions - self.config.prefix_length - 1)
-        head = wte if active is None else wte[active]
+        # candidate tokens: the non-zero rows (or all), never the start-of-text token
+        cand = torch.arange(wte.shape[0], device=wte.device) if active is None else active
+        cand = cand[cand != self.config.bos_token_id]
+        head = wte[cand]
         eos = self.config.eos_token_id
         captions: list[str] = []
         with torch.inference_mode():
@@ -298,8 +304,7 @@ class ClipCapCaptioner:
                 tokens = torch.full((n, limit), eos, dtype=torch.long, device=chunk.device)
                 done = torch.zeros(n, dtype=torch.bool, device=chunk.device)
                 for step in range(limit):
-                    best = (hidden @ head.T).argmax(dim=-1)
-                    nxt = best if active is None else active[best]
+                    nxt = cand[(hidden @ head.T).argmax(dim=-1)]
                     nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
                     tokens[:, step] = nxt
                     done |= nxt == eos

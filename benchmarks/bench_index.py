@@ -1,0 +1,317 @@
+"""Indexing throughput, end to end (scan, decode, embed, write), against plain open_clip.
+
+Two photo sets:
+
+- ``small``: the real photos in ``--photos`` (default: the 1,000 ImageNet samples in
+  /work/shared/photos/imagenet-1k, about 500x375 each), read where they are;
+- ``12mp``: the first ``--large-count`` of them re-encoded as 12-megapixel JPEGs (quality 92)
+  into a temporary folder (or into ``--large-dir``, reused when it already holds them).
+
+For each set it times, each run in a fresh process (as a user runs it), alternating sides:
+
+- ``pixsearch``: ``Indexer.run`` into a fresh home: scan, threaded read + reduced-scale
+  decode + resize, model in its automatic precision (bf16 on AVX-512 BF16 CPUs), SQLite
+  writes, FAISS index, final save;
+- ``open_clip``: the plain pipeline a user would write: list the folder, full Pillow decode,
+  open_clip's own preprocessing transforms, float32 model, batches of 32, one process, the
+  embeddings written to an .npy file at the end.
+
+Both use the same ViT-B-32 random-weights checkpoint (throughput does not depend on the
+weights); model loading is not timed. The baseline runs with the environment it is given
+(libgomp's default spin-waiting OpenMP threads unless OMP_WAIT_POLICY is set); pixsearch
+sets OMP_WAIT_POLICY=PASSIVE itself. ``--baseline-passive`` adds a baseline run with
+passive waiting too, to show how much of the difference that setting alone makes.
+Besides images per second (wall), it reports images per CPU-second (user + system time of
+all threads), which depends less on what else the machine is running. Figures on a shared
+machine are noisy: compare the ratios from one run, not absolute numbers across runs.
+
+    uv run python benchmarks/bench_index.py                 # table
+    uv run python benchmarks/bench_index.py --json          # JSON
+    uv run python benchmarks/bench_index.py --sets small --repeat 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import common
+import numpy as np
+
+DEFAULT_PHOTOS = Path("/work/shared/photos/imagenet-1k")
+
+
+def list_photos(folder: Path) -> list[Path]:
+    """The image files directly in `folder`, sorted."""
+    from indexer.imageio import IMAGE_EXTENSIONS
+
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and all its threads so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def make_large(sources: list[Path], out: Path, megapixels: float) -> list[Path]:
+    """Re-encode `sources` as JPEGs of about `megapixels` MP into `out` (kept if present)."""
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for src in sources:
+        dst = out / f"{src.stem}_{megapixels:g}mp.jpg"
+        paths.append(dst)
+        if dst.is_file():
+            continue
+        with Image.open(src) as im:
+            rgb = im.convert("RGB")
+        scale = (megapixels * 1e6 / (rgb.width * rgb.height)) ** 0.5
+        size = (round(rgb.width * scale), round(rgb.height * scale))
+        rgb.resize(size, Image.Resampling.BICUBIC).save(dst, "JPEG", quality=92)
+    return paths
+
+
+def run_pixsearch(folder: Path, checkpoint: Path, work: Path, args: argparse.Namespace) -> dict:
+    """Index `folder` into a fresh home; the timed part is `Indexer.run`."""
+    from indexer.encoder import get_encoder
+    from indexer.home import Home
+    from indexer.pipeline import Indexer
+    from indexer.settings import Settings
+
+    home_dir = Path(tempfile.mkdtemp(prefix="home-", dir=work))
+    extra: dict[str, Any] = {}
+    if args.batch_size:
+        extra["batch_size"] = args.batch_size
+    if args.workers:
+        extra["workers"] = args.workers
+    settings = Settings(
+        home=home_dir, model=args.model, pretrained=str(checkpoint), device="cpu", **extra
+    )
+    encoder = get_encoder(settings).load()
+    encoder.embed_pixels(np.zeros((2, encoder.preprocess.size, encoder.preprocess.size, 3), "u1"))
+    start, cpu = time.perf_counter(), cpu_seconds()
+    report = Indexer(Home(settings), encoder).run([folder])
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+    if report.failed:
+        raise SystemExit(f"pixsearch failed on {len(report.failed)} files: {report.failed[:3]}")
+    shutil.rmtree(home_dir, ignore_errors=True)
+    return {
+        "images": report.added,
+        "seconds": seconds,
+        "images_per_second": report.added / seconds,
+        "cpu_seconds": cpu,
+        "images_per_cpu_second": report.added / cpu,
+        "precision": str(encoder.dtype).removeprefix("torch."),
+        "batch_size": settings.batch_size,
+        "workers": settings.workers or os.cpu_count(),
+    }
+
+
+class Baseline:
+    """The plain open_clip pipeline: full decode, open_clip transforms, fp32, batch 32."""
+
+    def __init__(self, model: str, checkpoint: Path, batch_size: int = 32) -> None:
+        import open_clip
+        import torch
+
+        self.torch = torch
+        self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+            model, pretrained=str(checkpoint)
+        )
+        self.model.eval()
+        self.batch_size = batch_size
+        with torch.no_grad():  # warm up
+            self.model.encode_image(torch.zeros(2, 3, 224, 224))
+
+    def run(self, folder: Path, out: Path) -> dict:
+        from PIL import Image
+
+        torch = self.torch
+        start, cpu = time.perf_counter(), cpu_seconds()
+        paths = []
+        for dirpath, _, files in os.walk(folder):
+            paths += [
+                os.path.join(dirpath, f)
+                for f in sorted(files)
+                if f.lower().endswith((".jpg", ".jpeg", ".png"))
+            ]
+        chunks = []
+        with torch.no_grad():
+            for i in range(0, len(paths), self.batch_size):
+                batch = torch.stack(
+                    [
+                        self.preprocess(Image.open(p).convert("RGB"))
+                        for p in paths[i : i + self.batch_size]
+                    ]
+                )
+                emb = self.model.encode_image(batch)
+                chunks.append(torch.nn.functional.normalize(emb, dim=-1).numpy())
+        np.save(out, np.concatenate(chunks))
+        seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+        return {
+            "images": len(paths),
+            "seconds": seconds,
+            "images_per_second": len(paths) / seconds,
+            "cpu_seconds": cpu,
+            "images_per_cpu_second": len(paths) / cpu,
+            "precision": "float32",
+            "batch_size": self.batch_size,
+            "workers": 1,
+        }
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One timed run in this (fresh) process; prints its result as JSON."""
+    checkpoint = Path(args.checkpoint)
+    folder = Path(args.folder)
+    work = Path(tempfile.mkdtemp(prefix="run-", dir=args.work))
+    if args.worker == "pixsearch":
+        result = run_pixsearch(folder, checkpoint, work, args)
+    else:
+        result = Baseline(args.model, checkpoint).run(folder, work / "baseline.npy")
+    shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(result))
+
+
+def spawn(side: str, folder: Path, checkpoint: Path, work: Path, args: argparse.Namespace,
+          env: dict[str, str]) -> dict:  # fmt: skip
+    """Run one side in a fresh process."""
+    cmd = [
+        sys.executable, __file__, "--worker", side, "--folder", str(folder), "--checkpoint",
+        str(checkpoint), "--work", str(work), "--model", args.model,
+        "--batch-size", str(args.batch_size), "--workers", str(args.workers),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode:
+        raise SystemExit(f"{side} run failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--photos", type=Path, default=DEFAULT_PHOTOS)
+    parser.add_argument("--count", type=int, default=1000, help="photos of the small set")
+    parser.add_argument("--large-count", type=int, default=200)
+    parser.add_argument("--megapixels", type=float, default=12.0)
+    parser.add_argument("--large-dir", type=Path, help="keep the re-encoded photos here")
+    parser.add_argument("--sets", default="small,12mp", help="comma-separated: small,12mp")
+    parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--checkpoint", type=Path, help="default: random weights, cached")
+    parser.add_argument("--batch-size", type=int, default=0, help="pixsearch batch (0: default)")
+    parser.add_argument("--workers", type=int, default=0, help="pixsearch decode threads")
+    parser.add_argument("--repeat", type=int, default=1, help="alternate runs of each side")
+    parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument(
+        "--baseline-passive", action="store_true", help="also run the baseline with passive OMP"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--worker", choices=["pixsearch", "open_clip"], help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
+
+    checkpoint = args.checkpoint or common.random_checkpoint(args.model)
+    sources = list_photos(args.photos)
+    if not sources:
+        raise SystemExit(f"no photos in {args.photos}")
+    work = Path(tempfile.mkdtemp(prefix="pixsearch-bench-"))
+    sides = ["pixsearch"]
+    if not args.skip_baseline:
+        sides.append("open_clip")
+        if args.baseline_passive:
+            sides.append("open_clip+passive")
+    try:
+        sets: dict[str, Path] = {}
+        wanted = [s.strip() for s in args.sets.split(",") if s.strip()]
+        if "small" in wanted:
+            small = sources[: args.count]
+            if len(small) == len(sources):
+                sets["small"] = args.photos  # read in place
+            else:
+                folder = work / "small"
+                folder.mkdir()
+                for p in small:
+                    (folder / p.name).symlink_to(p)
+                sets["small"] = folder
+        if "12mp" in wanted:
+            large_dir = args.large_dir or work / "large"
+            common.log(f"re-encoding {args.large_count} photos at {args.megapixels:g} MP")
+            make_large(sources[: args.large_count], large_dir, args.megapixels)
+            sets["12mp"] = large_dir
+
+        results: dict[str, dict[str, list[dict]]] = {}
+        for name, folder in sets.items():
+            runs: dict[str, list[dict]] = {side: [] for side in sides}
+            for rep in range(args.repeat):
+                for side in sides:
+                    common.log(f"{name}: {side} run {rep + 1}")
+                    env = dict(os.environ)
+                    if side == "open_clip+passive":
+                        env["OMP_WAIT_POLICY"] = "PASSIVE"
+                    kind = "pixsearch" if side == "pixsearch" else "open_clip"
+                    runs[side].append(spawn(kind, folder, checkpoint, work, args, env))
+            results[name] = runs
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    summary = []
+    for name, runs in results.items():
+        entry: dict[str, Any] = {"set": name, "images": runs["pixsearch"][0]["images"]}
+        for side, side_runs in runs.items():
+            entry[f"{side}_images_per_second"] = max(r["images_per_second"] for r in side_runs)
+            entry[f"{side}_images_per_cpu_second"] = max(
+                r["images_per_cpu_second"] for r in side_runs
+            )
+        for side in sides[1:]:
+            entry[f"speedup_vs_{side}"] = (
+                entry["pixsearch_images_per_second"] / entry[f"{side}_images_per_second"]
+            )
+            entry[f"cpu_speedup_vs_{side}"] = (
+                entry["pixsearch_images_per_cpu_second"] / entry[f"{side}_images_per_cpu_second"]
+            )
+        entry["runs"] = runs
+        summary.append(entry)
+    m = common.machine()
+    if args.json:
+        common.dump_json({"benchmark": "index", "machine": m, "results": summary})
+        return
+    print(
+        f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, faiss {m['faiss']} "
+        f"{m['faiss_simd']}, load average {m['loadavg']:.1f}; best of {args.repeat} run(s)"
+    )
+    header = ["set", "images", "side", "img/s", "img/CPU-s", "speedup", "CPU speedup"]
+    rows = []
+    for e in summary:
+        for side in sides:
+            rows.append(
+                [
+                    e["set"],
+                    e["images"],
+                    side,
+                    e[f"{side}_images_per_second"],
+                    e[f"{side}_images_per_cpu_second"],
+                    "" if side == "pixsearch" else f"{e[f'speedup_vs_{side}']:.2f}x",
+                    "" if side == "pixsearch" else f"{e[f'cpu_speedup_vs_{side}']:.2f}x",
+                ]
+            )
+    common.print_table(
+        "Indexing throughput, end to end (speedup = pixsearch / that side)", header, rows
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,382 @@
+"""Query latency, memory and index recall at 10k, 100k and 1M images.
+
+For each size it writes a synthetic home straight into SQLite: image rows with realistic
+metadata and one 512-d unit embedding each. The embeddings are clustered the way CLIP photo
+embeddings are (uniform random 512-d vectors would make every approximate index look
+terrible): a shared mean direction (random photos have cosine ~0.45), 30 broad themes,
+topics inside them of Zipf-distributed sizes, bursts of near-duplicates (cosine ~0.9), and
+noise with a decaying spectrum (a low intrinsic dimension). The FAISS index is then derived
+by `Home.load_index`, as pixsearch does for a home whose index is missing (timed: "build").
+
+Then a fresh process (as a server would be) loads the model (automatic precision) and a
+`search.engine.Searcher`, and runs distinct text queries end to end through
+`Searcher.search(Query(text=..., k=20))`: text encoding, vector search, exact re-scoring
+from the stored embeddings, duplicate collapse, metadata rows; no captions. It reports p50
+and p99 latency and its resident memory (RSS) with the model and index loaded.
+
+recall@10 is the index's: its `candidates(10)` hits re-scored exactly (what the searcher
+does), against exact search over all vectors, on 200 synthetic text-like queries (a topic's
+direction plus noise) and on the text encoder's own query vectors.
+
+    uv run python benchmarks/bench_query.py                       # 10k, 100k, 1M: table
+    uv run python benchmarks/bench_query.py --sizes 10000 --json
+    uv run python benchmarks/bench_query.py --keep /tmp/homes     # reuse homes between runs
+
+Figures on a shared machine are noisy; the 1M run takes a few minutes (most of it writing
+2 GB of embeddings into SQLite and building the index).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import common
+import numpy as np
+
+DIM = 512
+HEADER = [
+    "images", "index", "nprobe", "p50 ms", "p99 ms", "RSS GiB", "recall@10", "recall@10 text",
+    "build s",
+]  # fmt: skip
+WORDS_A = [
+    "a dog", "two cats", "a red car", "children", "an old man", "a bride", "a horse",
+    "a sailboat", "a bicycle", "a birthday cake", "a mountain", "a lighthouse", "a train",
+    "fireworks", "a snowman", "a violin", "tulips", "a surfer", "a tent", "a pizza",
+]  # fmt: skip
+WORDS_B = [
+    "on a beach", "in the snow", "at sunset", "in a forest", "in the city at night",
+    "in the rain", "on a lake", "in a kitchen", "at a wedding", "in the desert",
+]  # fmt: skip
+
+
+# -- synthetic collection ---------------------------------------------------------------------
+class Collection:
+    """Clustered unit vectors resembling CLIP image embeddings of a photo library."""
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        self.n = n
+        rng = np.random.default_rng(seed)
+        self.rng = rng
+        q, _ = np.linalg.qr(rng.standard_normal((DIM, DIM)))
+        spectrum = (np.arange(1, DIM + 1) ** -0.6).astype(np.float32)
+        self.basis = (q * (spectrum / np.linalg.norm(spectrum))[:, None]).astype(np.float32)
+        self.mean = self._directions(1)[0]
+        self.themes = self._directions(30)
+        n_topics = int(np.clip(n // 400, 50, 3000))
+        self.topic_theme = rng.integers(0, 30, n_topics)
+        self.topics = self._directions(n_topics)
+        w = 1.0 / np.arange(1, n_topics + 1) ** 0.8
+        self.topic_p = rng.permutation(w / w.sum())
+
+    def _directions(self, count: int) -> np.ndarray:
+        """Random unit directions drawn with the decaying spectrum."""
+        v = self.rng.standard_normal((count, DIM)).astype(np.float32) @ self.basis
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    def vectors(self, chunk: int = 100_000) -> np.ndarray:
+        """All n vectors, bursts of near-duplicates in row (time) order."""
+        out = np.empty((self.n, DIM), np.float32)
+        rng = self.rng
+        for start in range(0, self.n, chunk):
+            m = min(chunk, self.n - start)
+            sizes = rng.geometric(0.35, m)  # bursts of ~3 photos
+            sizes = sizes[: np.searchsorted(np.cumsum(sizes), m) + 1]
+            burst = np.repeat(np.arange(len(sizes)), sizes)[:m]
+            topic = rng.choice(len(self.topics), len(sizes), p=self.topic_p)[burst]
+            x = 0.65 * self.mean + 0.35 * self.themes[self.topic_theme[topic]]
+            x += 0.45 * self.topics[topic]
+            x += 0.35 * self._directions(len(sizes))[burst]
+            x += 0.35 * self._directions(m)
+            out[start : start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+        return out
+
+    def queries(self, count: int, seed: int = 7) -> np.ndarray:
+        """Text-like queries: a topic's (and its theme's) direction plus noise; the part of a
+        text embedding outside the image space does not change any ranking."""
+        rng = np.random.default_rng(seed)
+        topic = rng.choice(len(self.topics), count, p=self.topic_p)
+        x = 0.5 * self.mean + 0.3 * self.themes[self.topic_theme[topic]]
+        x += 0.5 * self.topics[topic] + 0.5 * self._directions(count)
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def write_home(home_dir: Path, model_key: str, vecs: np.ndarray, seed: int = 0) -> None:
+    """A home whose database holds len(vecs) images with these embeddings."""
+    from indexer.home import Home
+    from indexer.settings import Settings
+
+    home = Home(Settings(home=home_dir))
+    home.engine.dispose()  # creates and migrates the schema
+    n = len(vecs)
+    rng = np.random.default_rng(seed)
+    start = datetime(2012, 1, 1)
+    seconds = np.sort(rng.integers(0, 12 * 365 * 86400, n))
+    cameras = [("Apple", "iPhone 13"), ("Canon", "EOS R6"), ("SONY", "ILCE-7M3"), (None, None)]
+    cam = rng.integers(0, len(cameras), n)
+    conn = sqlite3.connect(home_dir / "pixsearch.db")
+    conn.execute("PRAGMA synchronous=OFF")
+    with conn:
+        cur = conn.execute(
+            "INSERT INTO models (name, dim, generation) VALUES (?, ?, 1)", (model_key, DIM)
+        )
+        model_id = cur.lastrowid
+        now = datetime(2024, 6, 1).isoformat(sep=" ")
+        for lo in range(0, n, 50_000):
+            hi = min(n, lo + 50_000)
+            conn.executemany(
+                "INSERT INTO images (path, size, mtime_ns, content_hash, width, height, format,"
+                " taken_at, camera_make, camera_model, gps_lat, gps_lon, indexed_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'jpeg', ?, ?, ?, NULL, NULL, ?)",
+                (
+                    (
+                        f"/photos/{2012 + int(seconds[i]) // (365 * 86400)}/IMG_{i:07d}.jpg",
+                        3_000_000 + i,
+                        1_700_000_000_000_000_000 + i,
+                        f"{i:032x}",
+                        4032,
+                        3024,
+                        (start + timedelta(seconds=int(seconds[i]))).isoformat(sep=" "),
+                        cameras[cam[i]][0],
+                        cameras[cam[i]][1],
+                        now,
+                    )
+                    for i in range(lo, hi)
+                ),
+            )
+            conn.executemany(
+                "INSERT INTO embeddings (content_hash, model_id, vector) VALUES (?, ?, ?)",
+                ((f"{i:032x}", model_id, vecs[i].tobytes()) for i in range(lo, hi)),
+            )
+    conn.close()
+
+
+# -- the measuring child ----------------------------------------------------------------------
+def child(args: argparse.Namespace) -> None:
+    """Runs in a fresh process: load model and searcher, time queries, report RSS."""
+    from indexer.encoder import get_encoder
+    from indexer.home import Home
+    from indexer.settings import Settings
+    from search.engine import Searcher
+
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
+    rss_start = common.rss_bytes()
+    settings = Settings(
+        home=Path(args.home), model=args.model, pretrained=str(args.checkpoint), device="cpu"
+    )
+    encoder = get_encoder(settings).load()
+    searcher = Searcher(Home(settings), encoder)
+    base = [f"{a} {b}" for b in WORDS_B for a in WORDS_A]
+    # Distinct texts: the searcher caches text embeddings and rankings of repeated queries.
+    texts = [
+        base[i % len(base)] + (f", take {i // len(base)}" if i >= len(base) else "")
+        for i in range(args.queries + 3)
+    ]
+    query_cls = _query_class()
+    started = time.perf_counter()
+    _search(searcher, query_cls, "warm up the model and load the index")
+    first = time.perf_counter() - started
+    for t in texts[:3]:  # warm-up queries, not timed
+        _search(searcher, query_cls, t)
+    times = []
+    hits = []
+    cpu0 = time.process_time()
+    for t in texts[3:]:
+        t0 = time.perf_counter()
+        result = _search(searcher, query_cls, t)
+        times.append(time.perf_counter() - t0)
+        hits.append(len(result))
+    cpu_per_query = (time.process_time() - cpu0) / max(1, len(times))
+    index = searcher.index()
+    qvecs = np.stack([encoder.embed_texts([t])[0] for t in texts[3:23]])
+    out = {
+        "latency_ms": [1000 * t for t in times],
+        "p50_ms": 1000 * float(np.percentile(times, 50)),
+        "p99_ms": 1000 * float(np.percentile(times, 99)),
+        "mean_hits": float(np.mean(hits)),
+        "cpu_ms_per_query": 1000 * cpu_per_query,
+        "first_query_s": first,
+        "rss_bytes": common.rss_bytes(),
+        "peak_rss_bytes": common.peak_rss_bytes(),
+        "rss_before_model_bytes": rss_start,
+        "index_kind": index.kind,
+        "index_nprobe": index.nprobe,
+        "precision": str(encoder.dtype).removeprefix("torch."),
+        "torch_threads": __import__("torch").get_num_threads(),
+        "text_vectors": qvecs.tolist(),
+    }
+    json.dump(out, sys.stdout)
+
+
+def _query_class() -> Any:
+    try:
+        from search.query import Query
+
+        return Query
+    except ImportError:  # the older Searcher: text(query, k)
+        return None
+
+
+def _search(searcher: Any, query_cls: Any, text: str) -> list[Any]:
+    if query_cls is not None:
+        return list(searcher.search(query_cls(text=text, k=20, captions=False)).hits)
+    return list(searcher.text(text, 20))
+
+
+# -- the driver -------------------------------------------------------------------------------
+def index_recall(index: Any, vecs: np.ndarray, ids: np.ndarray, qs: np.ndarray, k: int = 10):
+    """recall@k of the index + exact re-scoring of its candidates, vs exact search."""
+    from indexer.vectors import exact_search, rescore
+
+    _, truth = exact_search(vecs, qs, k)
+    want = index.candidates(k)
+    _, cand = index.search(qs, want)
+    hits = 0
+    for qi in range(len(qs)):
+        c = cand[qi][cand[qi] >= 0]
+        _, top = rescore(qs[qi], c, vecs[c - ids[0]], k)  # ids are consecutive
+        hits += len(set(top.tolist()) & set(ids[truth[qi]].tolist()))
+    return hits / (k * len(qs))
+
+
+def run_size(n: int, args: argparse.Namespace, checkpoint: Path, root: Path) -> dict[str, Any]:
+    from indexer.encoder import model_key
+    from indexer.home import Home
+    from indexer.settings import Settings
+    from indexer.vectors import VectorIndex
+
+    key = model_key(args.model, str(checkpoint))
+    home_dir = root / f"home-{n}"
+    t0 = time.perf_counter()
+    coll = Collection(n, seed=args.seed)
+    vecs = coll.vectors()
+    gen_s = time.perf_counter() - t0
+    write_s = 0.0
+    if not (home_dir / "pixsearch.db").exists():
+        common.log(f"{n}: writing the synthetic home")
+        home_dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        write_home(home_dir, key, vecs, seed=args.seed)
+        write_s = time.perf_counter() - t0
+    home = Home(Settings(home=home_dir, model=args.model, pretrained=str(checkpoint)))
+    model = home.model_row(key)
+    assert model is not None
+    index_file = home.index_path(key)
+    if args.rebuild:
+        index_file.unlink(missing_ok=True)
+    common.log(f"{n}: building the index")
+    t0 = time.perf_counter()
+    index = home.load_index(key, model.id, model.dim)
+    index.wait_rebuild()
+    build_s = time.perf_counter() - t0
+    kind = index.kind
+    ids = np.arange(1, n + 1, dtype=np.int64)
+
+    common.log(f"{n}: querying in a fresh process")
+    env = {**os.environ, "PIXSEARCH_HOME": str(home_dir)}
+    cmd = [
+        sys.executable, __file__, "--child", "--home", str(home_dir), "--checkpoint",
+        str(checkpoint), "--model", args.model, "--queries", str(args.queries),
+        "--torch-threads", str(args.torch_threads),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode:
+        raise SystemExit(f"query process failed:\n{proc.stderr[-3000:]}")
+    res = json.loads(proc.stdout)
+    synthetic = index_recall(index, vecs, ids, coll.queries(args.recall_queries))
+    text_q = np.asarray(res.pop("text_vectors"), np.float32)
+    text_recall = index_recall(index, vecs, ids, text_q)
+    opened, _ = VectorIndex.open(index_file, DIM, home.generation(model.id), n)
+    return {
+        "images": n,
+        "index_kind": kind,
+        "nprobe": index.nprobe,
+        "candidates_for_10": index.candidates(10),
+        "index_file_bytes": index_file.stat().st_size,
+        "reopened_ok": opened is not None,
+        "generate_s": gen_s,
+        "write_home_s": write_s,
+        "build_index_s": build_s,
+        "recall_at_10": synthetic,
+        "recall_at_10_text_vectors": text_recall,
+        **{k: v for k, v in res.items() if k != "latency_ms"},
+        "latency_ms": res["latency_ms"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--queries", type=int, default=200, help="timed queries per size")
+    parser.add_argument("--recall-queries", type=int, default=200)
+    parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--checkpoint", type=Path, help="default: random weights, cached")
+    parser.add_argument("--keep", type=Path, help="keep (and reuse) the synthetic homes here")
+    parser.add_argument("--rebuild", action="store_true", help="rebuild reused indexes")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--torch-threads", type=int, default=0, help="torch threads of the query process"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--home", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+
+    checkpoint = args.checkpoint or common.random_checkpoint(args.model)
+    root = args.keep or Path(tempfile.mkdtemp(prefix="pixsearch-bench-query-"))
+    root.mkdir(parents=True, exist_ok=True)
+    results = []
+    try:
+        for n in (int(s) for s in args.sizes.split(",") if s.strip()):
+            results.append(run_size(n, args, checkpoint, root))
+    finally:
+        if args.keep is None:
+            shutil.rmtree(root, ignore_errors=True)
+    if args.json:
+        common.dump_json({"benchmark": "query", "machine": common.machine(), "results": results})
+        return
+    m = common.machine()
+    print(
+        f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, faiss {m['faiss']} "
+        f"{m['faiss_simd']}, load average {m['loadavg']:.1f}; model {args.model} "
+        f"({results[0]['precision'] if results else '?'}), {args.queries} text queries, k=20"
+    )
+    rows = [
+        [
+            r["images"],
+            r["index_kind"],
+            r["nprobe"] or "-",
+            r["p50_ms"],
+            r["p99_ms"],
+            f"{r['rss_bytes'] / 2**30:.2f}",
+            f"{r['recall_at_10']:.3f}",
+            f"{r['recall_at_10_text_vectors']:.3f}",
+            r["build_index_s"],
+        ]
+        for r in results
+    ]
+    common.print_table(
+        "Text query end to end (encode, search, re-score, rerank, metadata; no captions)",
+        HEADER,
+        rows,
+    )
+
+
+if __name__ == "__main__":
+    main()
