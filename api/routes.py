@@ -152,29 +152,19 @@ async def search_image(
 
     def run() -> SearchResponse:
         vec = service.searcher.embed_image_bytes(data)
-        q = SearchQuery(
-            text=query_text,
-            image_vector=vec,
-            k=opts.k,
-            offset=opts.offset,
-            filters=opts.filters.to_filters(),
-            rerank=opts.rerank_mode(),
-            mmr_lambda=opts.mmr_lambda,
-            min_score=opts.min_score,
-            cutoff=opts.cutoff,
-            captions=opts.captions,
-        )
-        return _respond(service, q)
+        return _respond(service, opts.to_query(text=query_text, image_vector=vec))
 
     return await run_in_threadpool(run)
 
 
-def _row(service: Service, image_id: int) -> Any:
+def _row(service: Service, image_id: int, *, serving: bool = False) -> Any:
     if image_id < 1 or image_id > 2**62:
         raise NotFound(f"no indexed image has id {image_id}")
     row = service.home.images_by_id([image_id]).get(image_id)
     if row is None:
         raise NotFound(f"no indexed image has id {image_id}")
+    if serving and not servable(row.path, service.home.libraries()):
+        raise NotFound(f"image {image_id} is no longer available in an indexed folder")
     return row
 
 
@@ -182,9 +172,7 @@ def _row(service: Service, image_id: int) -> Any:
 def image(image_id: int, request: Request) -> FileResponse:
     """The original file of an indexed image."""
     service = _service(request)
-    row = _row(service, image_id)
-    if not servable(row.path, service.home.libraries()):
-        raise NotFound(f"image {image_id} is no longer available in an indexed folder")
+    row = _row(service, image_id, serving=True)
     media = (
         _TYPES.get(row.format) or mimetypes.guess_type(row.path)[0] or "application/octet-stream"
     )
@@ -195,9 +183,7 @@ def image(image_id: int, request: Request) -> FileResponse:
 def image_thumbnail(image_id: int, request: Request) -> FileResponse:
     """A JPEG of at most 256 px, made once and kept in the home."""
     service = _service(request)
-    row = _row(service, image_id)
-    if not servable(row.path, service.home.libraries()):
-        raise NotFound(f"image {image_id} is no longer available in an indexed folder")
+    row = _row(service, image_id, serving=True)
     path = thumbnail(
         service.home.path, row.content_hash, row.path, service.settings.max_image_pixels
     )

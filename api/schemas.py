@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -57,6 +57,20 @@ class SearchOptions(BaseModel):
             return "none"
         return self.rerank
 
+    def to_query(self, **what: Any) -> Query:
+        """The engine's query: these options applied to `what` is searched for."""
+        return Query(
+            k=self.k,
+            offset=self.offset,
+            filters=self.filters.to_filters(),
+            rerank=self.rerank_mode(),
+            mmr_lambda=self.mmr_lambda,
+            min_score=self.min_score,
+            cutoff=self.cutoff,
+            captions=self.captions,
+            **what,
+        )
+
 
 class SearchRequest(SearchOptions):
     """A text and/or image query, with negatives, filters and paging."""
@@ -80,20 +94,12 @@ class SearchRequest(SearchOptions):
             raise ValueError("negative texts are at most 1000 characters")
         return self
 
-    def to_query(self) -> Query:
-        return Query(
+    def to_query(self) -> Query:  # type: ignore[override]
+        return super().to_query(
             text=self.text,
             image_id=self.image_id,
             weights=self.weights,
             negative=tuple(self.negative),
-            k=self.k,
-            offset=self.offset,
-            filters=self.filters.to_filters(),
-            rerank=self.rerank_mode(),
-            mmr_lambda=self.mmr_lambda,
-            min_score=self.min_score,
-            cutoff=self.cutoff,
-            captions=self.captions,
         )
 
 
