@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Train the tiny ClipCap captioner used by the tests (CPU, about a minute on 2 cores).
+"""Train the tiny ClipCap captioner used by the tests (CPU only; ~3 min on 2 busy cores).
 
 A small MLP maps the L2-normalised image embedding of the tiny CLIP
 (``tests/assets/tiny_clip``, see ``train_tiny_clip.py``) to a prefix of GPT-2 input
@@ -11,9 +11,9 @@ Token rows that no caption uses are kept at exactly zero during training (the lo
 computed over the used rows plus the zero rows folded into the normaliser, which is the
 same as the full-vocabulary loss), so the saved weights are row-sparse and small.
 
-Usage::
+Usage (writes ``tests/assets/tiny_captioner/``; run after ``train_tiny_clip.py``)::
 
-    HF_HUB_OFFLINE=1 uv run python scripts/train_tiny_captioner.py
+    HF_HUB_OFFLINE=1 uv run python scripts/train_tiny_captioner.py --threads 1
 """
 
 from __future__ import annotations
