@@ -110,7 +110,7 @@ class Home:
                     select(func.count())
                     .select_from(Image)
                     .join(Embedding, Embedding.content_hash == Image.content_hash)
-                    .where(Embedding.model_id == model_id)
+                    .where((Embedding.model_id + 0) == model_id)
                 )
                 or 0
             )
