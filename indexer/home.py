@@ -104,6 +104,9 @@ class Home:
 
     def count_vectors(self, model_id: int) -> int:
         """How many images have an embedding for this model."""
+        # `model_id + 0` (see `stored_vectors`): counted over the embeddings' primary-key
+        # index, not through the model_id index and the table rows (1M images: 0.3-0.5 s
+        # instead of 1.6-9 s, on every index load).
         with self.engine.connect() as conn:
             return int(
                 conn.scalar(
