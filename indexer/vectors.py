@@ -4,10 +4,12 @@ atomically, checked on open.
 Index kinds, picked by the number of vectors n (thresholds in `Policy`):
 
 ``SQfp16``
-    n <= ``exact_limit`` (200,000): exhaustive search over float16 copies of the vectors:
+    n <= ``exact_limit`` (50,000): exhaustive search over float16 copies of the vectors:
     half the memory of float32, and on FAISS 1.14+ faster than its float32 flat scan for a
     single query. Scores are within ~1e-3 of the exact ones, so a few extra candidates
-    re-scored from the stored float32 embeddings give the exact top k.
+    re-scored from the stored float32 embeddings give the exact top k. The scan costs
+    ~0.12 us per vector on one core (50k: 6 ms, 200k: 25 ms), hence the limit: a query's
+    whole budget is ~50 ms on 2 cores, ~20-30 of it encoding the text.
 ``IVF{nlist},SQ8``
     ``exact_limit`` < n <= ``pq_limit`` (4,000,000): inverted file with 8-bit scalar
     quantisation (a quarter of float32), nlist ~ 2 sqrt(n) spherical k-means lists, and
@@ -59,7 +61,7 @@ class Policy:
     """When each index kind is used, and what the approximate ones are tuned for."""
 
     #: Up to this many vectors, exhaustive (exact) search; above it, an IVF index.
-    exact_limit: int = 200_000
+    exact_limit: int = 50_000
     #: Above this many vectors, product quantisation instead of 8-bit scalar quantisation.
     pq_limit: int = 4_000_000
     #: An IVF index is rebuilt once the collection grew or shrank by this factor since it

@@ -202,7 +202,7 @@ class Writer:
 
     def rebuild_if_outgrown(self) -> None:
         """Rebuild the index from the stored embeddings if the collection outgrew its kind
-        (exact search past ~200k vectors, an IVF index grown 4x since it was trained)."""
+        (exact search past 50k vectors, an IVF index grown 4x since it was trained)."""
         self.index.wait_rebuild()  # one started when the index was loaded
         reason = self.index.wants_rebuild()
         if reason is None:

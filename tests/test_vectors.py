@@ -58,7 +58,8 @@ def small_policy(monkeypatch: pytest.MonkeyPatch) -> Policy:
 
 def test_the_kind_follows_the_collection_size() -> None:
     assert choose_kind(0, 512) == "SQfp16"
-    assert choose_kind(200_000, 512) == "SQfp16"
+    assert choose_kind(50_000, 512) == "SQfp16"
+    assert choose_kind(50_001, 512) == "IVF512,SQ8"
     assert choose_kind(200_001, 512) == "IVF1024,SQ8"
     assert choose_kind(1_000_000, 512) == "IVF2048,SQ8"
     assert choose_kind(5_000_000, 512) == "IVF4096,PQ64"
