@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from indexer.errors import ModelUnavailable
+from indexer.packed import pack_for_cpu
 from indexer.types import Embeddings
 
 if TYPE_CHECKING:
@@ -152,7 +153,14 @@ class ClipEncoder:
         model.eval()
         model.to(device=self.device, dtype=self.dtype)
         torch.set_grad_enabled(False)
-        log.info("loaded %s on %s in %s", self.key, self.device, self.dtype)
+        packed = pack_for_cpu(model) if self.device == "cpu" else 0
+        log.info(
+            "loaded %s on %s in %s%s",
+            self.key,
+            self.device,
+            self.dtype,
+            f" ({packed} layers packed for the CPU)" if packed else "",
+        )
         return model
 
     def load(self) -> ClipEncoder:
@@ -209,11 +217,14 @@ class ClipEncoder:
         import torch
 
         model = self._model
-        batch = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device)
-        x = batch.permute(0, 3, 1, 2).float().div_(255.0)
-        mean = torch.tensor(self.preprocess.mean, device=self.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.preprocess.std, device=self.device).view(1, 3, 1, 1)
-        x = ((x - mean) / std).to(self.dtype).contiguous(memory_format=torch.channels_last)
+        # (n, S, S, 3) viewed as NCHW is already channels_last; one fused multiply-add
+        # normalises it: (x / 255 - mean) / std == x * scale + shift.
+        batch = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device).permute(0, 3, 1, 2)
+        mean, std = self.preprocess.mean, self.preprocess.std
+        scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=self.device)
+        shift = torch.tensor([-m / s for m, s in zip(mean, std, strict=True)], device=self.device)
+        x = torch.addcmul(shift.view(1, 3, 1, 1), batch.float(), scale.view(1, 3, 1, 1))
+        x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             out = model.encode_image(x)
         return _normalise(out)
