@@ -14,8 +14,14 @@ import pytest
 from tests.helpers import make_photos, run_cli
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed")
 
@@ -35,8 +41,9 @@ def server(env, photos: Path, capsys) -> Iterator[str]:
     make_photos(photos / "2024", 6, start=50)
     assert run_cli(capsys, "index", str(photos)).code == 0
     port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port,
-                                        log_level="warning"))
+    srv = uvicorn.Server(
+        uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
@@ -74,7 +81,8 @@ def test_query_more_like_this_and_upload(page, photos: Path) -> None:
     assert hits.count() >= 1
     # Thumbnails really load.
     page.wait_for_function(
-        "() => [...document.querySelectorAll('.hit img')].some(i => i.naturalWidth > 0)")
+        "() => [...document.querySelectorAll('.hit img')].some(i => i.naturalWidth > 0)"
+    )
 
     # "More like this" on the third hit: that photo comes back first.
     third = hits.nth(min(2, hits.count() - 1))

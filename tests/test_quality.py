@@ -19,8 +19,10 @@ from tests.assets.tiny_models import (
 )
 from tests.helpers import run_cli
 
-pytestmark = pytest.mark.skipif(not (TINY_CAPTIONER_DIR / "clipcap_config.json").is_file(),
-                                reason="the tiny trained models are not built")
+pytestmark = pytest.mark.skipif(
+    not (TINY_CAPTIONER_DIR / "clipcap_config.json").is_file(),
+    reason="the tiny trained models are not built",
+)
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +57,10 @@ def test_eval_recall_and_captions(trained_env, capsys) -> None:
     assert report["text_to_image"]["recall@10"] >= report["text_to_image"]["recall@1"]
     modes = report["by_rerank"]
     assert set(modes) == {"none", "standard", "generative"}
-    assert modes["generative"]["text_to_image"]["recall@1"] >= \
-        modes["standard"]["text_to_image"]["recall@1"]
+    assert (
+        modes["generative"]["text_to_image"]["recall@1"]
+        >= modes["standard"]["text_to_image"]["recall@1"]
+    )
     assert report["image_to_text"]["recall@10"] >= 0.8
     assert report["captions"]["bleu@4"] > 0.3 and report["captions"]["cider"] > 0.5
 
@@ -74,8 +78,10 @@ def test_similar_finds_the_same_shape_and_colour(trained_env, capsys) -> None:
             other, mine = truth[hit["path"]], truth[path]
             for attr in ("shape", "colour", "background", "size"):
                 same[attr] += other[attr] == mine[attr]
-            same["shape+colour"] += (other["shape"], other["colour"]) == (mine["shape"],
-                                                                         mine["colour"])
+            same["shape+colour"] += (other["shape"], other["colour"]) == (
+                mine["shape"],
+                mine["colour"],
+            )
             total += 1
     rate = {k: v / total for k, v in same.items()}
     # Pictures also differ in background, size and position, which the model sees too; so
@@ -94,8 +100,10 @@ def test_captions_name_the_colour_and_shape(trained_env, capsys) -> None:
     assert run_cli(capsys, "index", "--captions", str(data / "images")).code == 0
     truth = _attributes(data)
     with TestClient(create_app()) as client:
-        hits = client.post("/search", json={"text": "a shape", "k": 200, "cutoff": False,
-                                            "rerank": False, "captions": True}).json()["results"]
+        hits = client.post(
+            "/search",
+            json={"text": "a shape", "k": 200, "cutoff": False, "rerank": False, "captions": True},
+        ).json()["results"]
     assert len(hits) == 200
     right = Counter()
     for hit in hits:
@@ -103,6 +111,9 @@ def test_captions_name_the_colour_and_shape(trained_env, capsys) -> None:
         attrs = truth[hit["path"]]
         # The shape's colour is the word before the shape ("a large red circle on ...").
         right["shape"] += attrs["shape"] in words
-        right["colour"] += attrs["colour"] in words[: words.index(attrs["shape"])] \
-            if attrs["shape"] in words else False
+        right["colour"] += (
+            attrs["colour"] in words[: words.index(attrs["shape"])]
+            if attrs["shape"] in words
+            else False
+        )
     assert right["shape"] / 200 >= 0.7 and right["colour"] / 200 >= 0.7, right
