@@ -319,3 +319,38 @@ def test_rescoring_reads_only_the_candidates_rows(tmp_path: Path) -> None:
     np.testing.assert_array_equal(got, vecs[want - 1])
     # By id: ~1,500 VM steps. Walking the model's embeddings: ~5,000 per 1,000 images.
     assert steps[0] < 60, f"{steps[0] * 100} SQLite steps to read 80 embeddings"
+
+
+def test_similar_reports_exact_scores_from_a_compressed_index(
+    tmp_path: Path, small_policy: Policy
+) -> None:
+    """`similar` (the plain ranking, no rerank) shows true cosines, best first, not a
+    product-quantised index's approximations."""
+    from indexer.encoder import ClipEncoder
+    from search.engine import Searcher
+
+    vecs = clustered(7000)
+    home, model_id = _synthetic_home(tmp_path / "home", vecs)
+    searcher = Searcher(home, ClipEncoder("m", "x"))  # type: ignore[arg-type]
+    assert "PQ" in searcher.index().kind
+    ids, stored = home.stored_vectors(model_id, DIM)  # type: ignore[attr-defined]
+    for probe in (5, 700, 4321):
+        hits = searcher.similar(int(ids[probe]), k=10)
+        truth = stored @ stored[probe]
+        got = np.array([h.score for h in hits])
+        want = truth[np.searchsorted(ids, [h.id for h in hits])]
+        np.testing.assert_allclose(got, want, atol=1e-5)
+        assert hits[0].id == ids[probe] and np.all(np.diff(got) <= 0)
+
+
+def test_queries_run_numpy_blas_on_one_thread_and_leave_faiss_alone() -> None:
+    from threadpoolctl import ThreadpoolController
+
+    from search.engine import single_threaded_numpy_blas
+
+    single_threaded_numpy_blas()
+    blas = [c for c in ThreadpoolController().lib_controllers if c.user_api == "blas"]
+    numpy_side = [c.num_threads for c in blas if "/numpy" in c.filepath]
+    assert numpy_side == [1]
+    faiss_side = [c.num_threads for c in blas if "faiss" in c.filepath]
+    assert all(n == faiss.omp_get_max_threads() for n in faiss_side)
