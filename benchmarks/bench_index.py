@@ -21,6 +21,10 @@ weights); model loading is not timed. The baseline runs with the environment it 
 (libgomp's default spin-waiting OpenMP threads unless OMP_WAIT_POLICY is set); pixsearch
 sets OMP_WAIT_POLICY=PASSIVE itself. ``--baseline-passive`` adds a baseline run with
 passive waiting too, to show how much of the difference that setting alone makes.
+Last it measures this machine's ceiling (benchmarks/ceiling.py): the bf16 GEMM peak, the
+model's FLOPs and the CPU cost of reading each photo give the most images per second any
+implementation could index here, reported next to pixsearch's figure and as the best speedup
+over the baseline this hardware allows (``--skip-ceiling`` to leave it out).
 Besides images per second (wall), it reports images per CPU-second (user + system time of
 all threads), which depends less on what else the machine is running. Figures on a shared
 machine are noisy: compare the ratios from one run, not absolute numbers across runs.
@@ -46,6 +50,8 @@ from typing import Any
 
 import common
 import numpy as np
+from ceiling import measure as measure_ceiling
+from ceiling import print_ceiling
 
 DEFAULT_PHOTOS = Path("/work/shared/photos/imagenet-1k")
 
@@ -213,6 +219,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="alternate runs of each side")
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument(
+        "--skip-ceiling", action="store_true", help="don't measure this machine's ceiling"
+    )
+    parser.add_argument(
         "--baseline-passive", action="store_true", help="also run the baseline with passive OMP"
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -265,6 +274,12 @@ def main() -> None:
                     kind = "pixsearch" if side == "pixsearch" else "open_clip"
                     runs[side].append(spawn(kind, folder, checkpoint, work, args, env))
             results[name] = runs
+        ceiling = None
+        if not args.skip_ceiling:
+            common.log("measuring this machine's ceiling (GEMM peak, model, reading)")
+            ceiling = measure_ceiling(
+                args.model, checkpoint, {n: list_photos(f) for n, f in sets.items()}
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -283,11 +298,18 @@ def main() -> None:
             entry[f"cpu_speedup_vs_{side}"] = (
                 entry["pixsearch_images_per_cpu_second"] / entry[f"{side}_images_per_cpu_second"]
             )
+        if ceiling:
+            bound = ceiling["sets"][name]["end_to_end_bound"]
+            entry["ceiling_images_per_second"] = bound
+            entry["pixsearch_share_of_ceiling"] = entry["pixsearch_images_per_second"] / bound
+            for side in sides[1:]:
+                entry[f"ceiling_speedup_vs_{side}"] = bound / entry[f"{side}_images_per_second"]
         entry["runs"] = runs
         summary.append(entry)
     m = common.machine()
     if args.json:
-        common.dump_json({"benchmark": "index", "machine": m, "results": summary})
+        payload = {"benchmark": "index", "machine": m, "results": summary, "ceiling": ceiling}
+        common.dump_json(payload)
         return
     print(
         f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, faiss {m['faiss']} "
@@ -311,6 +333,14 @@ def main() -> None:
     common.print_table(
         "Indexing throughput, end to end (speedup = pixsearch / that side)", header, rows
     )
+    if ceiling:
+        print_ceiling(ceiling)
+        for e in summary:
+            best = ", ".join(f"{e[f'ceiling_speedup_vs_{side}']:.2f}x {side}" for side in sides[1:])
+            print(
+                f"  {e['set']}: pixsearch reaches {e['pixsearch_share_of_ceiling']:.0%} of the "
+                f"ceiling; the ceiling itself is {best or 'n/a'}"
+            )
 
 
 if __name__ == "__main__":

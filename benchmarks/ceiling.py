@@ -1,0 +1,160 @@
+"""What this machine allows for indexing: the model at the GEMM peak, plus reading photos.
+
+Indexing a photo costs CPU time in two places: the image model, and reading the file
+(read, hash, reduced-scale decode, resize). This measures both on the machine at hand:
+
+- ``gemm_peak_gflops``: the packed oneDNN linear kernel (what pixsearch's model runs) on
+  the ViT-B MLP shape (64 images x 50 tokens, 768 -> 3072), all cores, best of 3;
+- ``model_gflop_per_image``: FLOPs of one ``encode_image`` (torch's FlopCounterMode on the
+  plain open_clip model);
+- ``model_bound``: images/s if every one of those FLOPs ran at the GEMM peak (attention,
+  norms and activations are not free, so no implementation reaches it);
+- ``model``: images/s of pixsearch's encoder alone (``embed_pixels`` on random pixels);
+- ``read_ms``: CPU milliseconds per photo of pixsearch's read stage, one thread;
+- ``end_to_end_bound``: images/s on all cores if the model ran at ``model_bound`` and the
+  read stage cost ``read_ms``, with no other overhead: the ceiling for indexing.
+
+    uv run python benchmarks/ceiling.py --photos DIR [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import common
+import numpy as np
+
+from indexer.encoder import ClipEncoder
+
+
+def gemm_peak_gflops(dtype_name: str, seconds: float = 1.0) -> float:
+    """GFLOPS of the packed linear kernel on a ViT-B MLP-sized product (best of 3)."""
+    import torch
+
+    from indexer.packed import pack_for_cpu
+
+    dtype = getattr(torch, dtype_name)
+    m, k, n = 64 * 50, 768, 3072
+    layer = torch.nn.Sequential(torch.nn.Linear(k, n, bias=False)).to(dtype).eval()
+    if not pack_for_cpu(layer):
+        common.log("packed kernels unavailable: measuring plain torch.nn.Linear")
+    x = torch.randn(m, k).to(dtype)
+    best = 0.0
+    with torch.inference_mode():
+        layer(x)
+        for _ in range(3):
+            calls, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                layer(x)
+                calls += 1
+            best = max(best, 2 * m * k * n * calls / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def model_gflop_per_image(model: str) -> float:
+    """FLOPs (in billions) of one image through the plain open_clip image tower."""
+    import open_clip
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = open_clip.create_model(model, pretrained=None).eval()
+    size = net.visual.image_size
+    size = size[0] if isinstance(size, tuple | list) else size
+    counter = FlopCounterMode(display=False)
+    # With gradients on, nn.MultiheadAttention skips its fused inference kernel, which the
+    # counter can't see into, and runs as linears + attention, which it counts.
+    with torch.enable_grad(), counter:
+        net.encode_image(torch.zeros(1, 3, size, size))
+    return counter.get_total_flops() / 1e9
+
+
+def model_speed(encoder: ClipEncoder, batch: int = 64, seconds: float = 8.0) -> float:
+    """Images/s of the encoder alone, as pixsearch runs it."""
+    s = encoder.preprocess.size
+    pixels = np.random.default_rng(0).integers(0, 256, (batch, s, s, 3), dtype=np.uint8)
+    encoder.embed_pixels(pixels)
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        encoder.embed_pixels(pixels)
+        done += batch
+    return done / (time.perf_counter() - start)
+
+
+def read_ms(paths: list[Path], encoder: ClipEncoder, max_pixels: int = 10**9) -> float:
+    """CPU ms per photo of the read stage: read, hash, reduced-scale decode, resize."""
+    from indexer.imageio import DRAFT_OVERSAMPLE, content_hash, decode, read_file
+
+    min_side = encoder.preprocess.size * DRAFT_OVERSAMPLE
+    start = time.process_time()
+    for path in paths:
+        data = read_file(str(path))
+        content_hash(data)
+        img, _ = decode(data, max_pixels=max_pixels, min_side=min_side)
+        encoder.prepare(img)
+    return (time.process_time() - start) / len(paths) * 1000
+
+
+def measure(model: str, checkpoint: Path, photo_sets: dict[str, list[Path]]) -> dict[str, Any]:
+    """All the figures above, for each named list of photos."""
+    encoder = ClipEncoder(model, str(checkpoint), device="cpu").load()
+    dtype = str(encoder.dtype).removeprefix("torch.")
+    cores = os.cpu_count() or 1
+    peak = gemm_peak_gflops(dtype)
+    flops = model_gflop_per_image(model)
+    bound = peak / flops
+    out: dict[str, Any] = {
+        "precision": dtype,
+        "cores": cores,
+        "gemm_peak_gflops": peak,
+        "model_gflop_per_image": flops,
+        "model_bound": bound,
+        "model": model_speed(encoder),
+        "sets": {},
+    }
+    for name, paths in photo_sets.items():
+        ms = read_ms(paths[:100], encoder)
+        # Core-seconds per image: the model's share (all cores at `bound`) plus reading.
+        per_image = cores / bound + ms / 1000
+        out["sets"][name] = {"read_ms": ms, "end_to_end_bound": cores / per_image}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--photos", type=Path, required=True, help="a folder of photos")
+    parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--checkpoint", type=Path, help="default: random weights, cached")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    from bench_index import list_photos
+
+    checkpoint = args.checkpoint or common.random_checkpoint(args.model)
+    result = measure(args.model, checkpoint, {args.photos.name: list_photos(args.photos)})
+    if args.json:
+        common.dump_json({"benchmark": "ceiling", "machine": common.machine(), **result})
+        return
+    print_ceiling(result)
+
+
+def print_ceiling(result: dict[str, Any]) -> None:
+    """The ceiling figures as a short text block."""
+    print(
+        f"\nThis machine's ceiling ({result['cores']} cores, {result['precision']}): GEMM peak "
+        f"{result['gemm_peak_gflops']:.0f} GFLOPS; the model needs "
+        f"{result['model_gflop_per_image']:.2f} GFLOP per image, so at most "
+        f"{result['model_bound']:.1f} img/s; pixsearch's model runs {result['model']:.1f} img/s "
+        f"({result['model'] / result['model_bound']:.0%} of that)."
+    )
+    for name, s in result["sets"].items():
+        print(
+            f"  {name}: reading costs {s['read_ms']:.1f} CPU-ms per photo, so indexing can't "
+            f"exceed {s['end_to_end_bound']:.1f} img/s here"
+        )
+
+
+if __name__ == "__main__":
+    main()
