@@ -6,6 +6,7 @@ import logging
 import os
 import textwrap
 import threading
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -33,6 +34,11 @@ log = logging.getLogger(__name__)
 # (benchmarks/: bench_index.py, bench_query.py). It must be set before torch (or faiss)
 # loads its OpenMP runtime, which happens lazily after this module is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+# `prepare` hands torch a read-only view of Pillow's pixels (only read; a copy costs more
+# than the resize), about which torch warns once per process. (catch_warnings around the
+# call would not be thread-safe, and the readers are threads.)
+warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
 
 #: A batch of prepared pictures: (n, S, S, 3) uint8, already resized and cropped.
 Pixels = npt.NDArray[np.uint8]
@@ -195,22 +201,22 @@ class ClipEncoder:
 
     def prepare(self, img: PILImage.Image) -> Pixels:
         """Resize and crop an RGB image exactly as open_clip's transforms do, as uint8."""
-        from PIL import Image
-
         size = self.preprocess.size
         w, h = img.size
+        # A read-only view of Pillow's pixels: copying 1000x750 costs ~2.5 ms here.
+        pixels = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
         if self.preprocess.resize_mode == "squash":
-            return np.asarray(img.resize((size, size), Image.Resampling.BICUBIC))
+            return _resize_bicubic(pixels, size, size)
         # torchvision's Resize(size) then CenterCrop(size), with the same rounding.
         if w <= h:
             new_w, new_h = size, int(size * h / w)
         else:
             new_w, new_h = int(size * w / h), size
         if (new_w, new_h) != (w, h):
-            img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
+            pixels = _resize_bicubic(pixels, new_w, new_h)
         top = round((new_h - size) / 2.0)
         left = round((new_w - size) / 2.0)
-        return np.asarray(img.crop((left, top, left + size, top + size)))
+        return np.ascontiguousarray(pixels[top : top + size, left : left + size])
 
     def embed_pixels(self, pixels: Pixels) -> Embeddings:
         """Embed prepared pictures (n, S, S, 3) uint8 into unit-norm float32 rows."""
@@ -281,6 +287,20 @@ def _encode_text(model: Any, tokens: torch.Tensor, tokenizer: Any) -> torch.Tens
         else:
             x = x @ model.text_projection
     return x
+
+
+def _resize_bicubic(pixels: Pixels, width: int, height: int) -> Pixels:
+    """Pillow's antialiased bicubic resize (what torchvision applies to PIL images), on uint8.
+
+    torch's uint8 antialiased kernel implements Pillow's filter (results within 1 level) and
+    runs ~8x faster: 0.7 ms instead of 5.6 ms for 1000x750 -> 298x224, a fifth of the CPU
+    time of reading a 12-megapixel photo (benchmarks/ceiling.py).
+    """
+    import torch
+
+    chw = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)
+    out = torch.nn.functional.interpolate(chw, size=(height, width), mode="bicubic", antialias=True)
+    return out[0].permute(1, 2, 0).contiguous().numpy()
 
 
 def _normalise(out: torch.Tensor) -> Embeddings:

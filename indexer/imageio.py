@@ -184,7 +184,9 @@ def decode(
         if min_side and fmt == "jpeg":
             img.draft(None, (min_side, min_side))
         img.load()
-        return to_rgb(ImageOps.exif_transpose(img) or img), meta
+        # Without in_place, an upright image comes back as a full copy (~2.5 ms at 12 MP).
+        ImageOps.exif_transpose(img, in_place=True)
+        return to_rgb(img), meta
     except UnreadableImage:
         raise
     except OSError as exc:
