@@ -306,7 +306,9 @@ class Searcher:
         pool = index.candidates(need)
         if q.rerank != "none":
             pool = max(pool, need * POOL_FACTOR, need + POOL_EXTRA)
-        ids, _approximate, exhausted = self._retrieve(vec, pool, index, allowed)
+        # A query with text in it is unlike the image embeddings the index was tuned on.
+        unlike = bool((q.text and q.text.strip()) or q.negative)
+        ids, _approximate, exhausted = self._retrieve(vec, pool, index, allowed, unlike)
         lexical = {} if q.rerank == "none" else self._lexical(q)
         if lexical:
             extra = np.setdiff1d(np.fromiter(lexical, np.int64), ids)
@@ -344,7 +346,7 @@ class Searcher:
         return self.captions.keyword_ids(q.text)
 
     def _retrieve(
-        self, vec: Embeddings, n: int, index: VectorIndex, allowed: Ids | None
+        self, vec: Embeddings, n: int, index: VectorIndex, allowed: Ids | None, unlike: bool
     ) -> tuple[Ids, np.ndarray, bool]:
         """(ids, approximate scores, whether every candidate was seen), best first."""
         total = len(index)
@@ -352,14 +354,14 @@ class Searcher:
             return np.zeros(0, np.int64), np.zeros(0, np.float32), True
         q = vec.reshape(1, -1)
         if allowed is None:
-            scores, ids = index.search(q, n)
+            scores, ids = index.search(q, n, unlike=unlike)
             return (*_valid(ids[0], scores[0]), n >= total)
         if len(allowed) <= max(n, SELECTIVE * total):
-            scores, ids = index.search_subset(q, n, allowed)
+            scores, ids = index.search_subset(q, n, allowed, unlike=unlike)
             return (*_valid(ids[0], scores[0]), n >= len(allowed))
         m = min(total, n * 2)
         while True:
-            scores, ids = index.search(q, m)
+            scores, ids = index.search(q, m, unlike=unlike)
             keep = np.isin(ids[0], allowed)
             if keep.sum() >= n or m >= total:
                 got_ids, got_scores = _valid(ids[0][keep], scores[0][keep])
