@@ -62,4 +62,8 @@ def allowed_ids(home: Home, f: Filters) -> Ids:
     """Ids of the images the filters allow, sorted."""
     stmt = select(Image.id).where(*conditions(f)).order_by(Image.id)
     with home.engine.connect() as conn:
-        return np.fromiter(conn.scalars(stmt), dtype=np.int64)
+        # The driver's fetchall, not SQLAlchemy's row-by-row iteration: a broad filter
+        # allows tens of thousands of ids, and per-row Python held the GIL ~28 ms per query
+        # (12k ids), stalling every other request of the server.
+        rows = conn.execute(stmt).cursor.fetchall()
+    return np.array(rows, dtype=np.int64).reshape(-1)
