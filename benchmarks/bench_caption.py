@@ -62,19 +62,9 @@ import common
 
 DEFAULT_PHOTOS = Path("/work/shared/photos/imagenet-1k")
 #: The random-weights ViT-GPT-2 folder, cached between runs (bump the suffix if the build changes).
-DEFAULT_CAPTIONER_DIR = common.DEFAULT_CHECKPOINT_DIR / "vit-gpt2-base-random-seed0-v1"
+DEFAULT_CAPTIONER_DIR = common.DEFAULT_CHECKPOINT_DIR / "vit-gpt2-base-random-seed0-v2"
 PAGE = 20
 HEADER = ["captioner", "phase", "images", "ms/call", "ms/image", "images/s"]
-SENTENCES = [
-    "a dog running on a beach at sunset",
-    "a red car parked in the street",
-    "two people riding bicycles in a park",
-    "a bowl of fruit on a wooden table",
-    "a cat sleeping on a sofa",
-    "mountains covered in snow under a blue sky",
-    "a man holding a fish on a boat",
-    "a group of people standing around a kitchen",
-]
 
 
 # -- the models ------------------------------------------------------------------------------
@@ -82,75 +72,25 @@ def build_vit_gpt2(folder: Path) -> Path:
     """A VisionEncoderDecoder shaped like nlpconnect/vit-gpt2-image-captioning, random
     weights (seed 0), with a locally trained byte-level BPE tokenizer and a ViT image
     processor, saved with save_pretrained into `folder` (reused when already complete)."""
+    from tests.fakes import build_vit_gpt2 as build
+
     done = folder / "COMPLETE"
     if done.is_file():
         return folder
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import (  # type: ignore[attr-defined]  # GPT2TokenizerFast: v5 alias
-        GPT2Config,
-        GPT2LMHeadModel,
-        GPT2TokenizerFast,
-        VisionEncoderDecoderModel,
-        ViTConfig,
-        ViTImageProcessor,
-        ViTModel,
-    )
-
-    torch.manual_seed(0)
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    bpe.train_from_iterator(SENTENCES * 20, trainer)
-    tok = GPT2TokenizerFast(
-        tokenizer_object=bpe,
-        bos_token="<|endoftext|>",
-        eos_token="<|endoftext|>",
-        unk_token="<|endoftext|>",
-    )
-    tok.pad_token = tok.eos_token
-    # google/vit-base-patch16-224-in21k: 224 px, patch 16, 768 wide, 12 layers, 12 heads.
-    encoder = ViTModel(
-        ViTConfig(
-            image_size=224,
-            patch_size=16,
-            hidden_size=768,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            intermediate_size=3072,
-        )
-    )
-    # gpt2 (base): 12 layers, 768 wide, 12 heads, 1024 positions, 50,257 tokens; plus
-    # cross-attention, as in the VisionEncoderDecoder.
-    decoder = GPT2LMHeadModel(
-        GPT2Config(
-            vocab_size=50257,
-            n_positions=1024,
-            n_embd=768,
-            n_layer=12,
-            n_head=12,
-            add_cross_attention=True,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-        )
-    )
-    model = VisionEncoderDecoderModel(encoder=encoder, decoder=decoder)
-    for cfg in (model.config, model.generation_config):
-        cfg.decoder_start_token_id = tok.bos_token_id
-        cfg.pad_token_id = tok.pad_token_id
-        cfg.eos_token_id = tok.eos_token_id
     shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    ViTImageProcessor(
-        size={"height": 224, "width": 224}, image_mean=[0.5] * 3, image_std=[0.5] * 3
-    ).save_pretrained(folder)
+    # google/vit-base-patch16-224-in21k (224 px, patch 16, 768 wide, 12 layers and heads,
+    # MLP 3072) and gpt2 base (12 layers, 768 wide, 12 heads, 1024 positions, 50,257 tokens),
+    # with cross-attention, as in the VisionEncoderDecoder.
+    build(
+        folder,
+        image_size=224,
+        patch_size=16,
+        width=768,
+        layers=12,
+        heads=12,
+        vocab_size=50257,
+        positions=1024,
+    )
     done.write_text("ok\n")
     return folder
 

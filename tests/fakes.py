@@ -25,9 +25,27 @@ SENTENCES = [
 def build_tiny_captioner(folder: Path) -> Path:
     """A VisionEncoderDecoder (one-layer ViT + one-layer GPT-2) with random weights, and a
     byte-level BPE tokenizer and image processor made here, all saved with save_pretrained."""
+    return build_vit_gpt2(folder)
+
+
+def build_vit_gpt2(
+    folder: Path,
+    *,
+    image_size: int = 32,
+    patch_size: int = 8,
+    width: int = 32,
+    layers: int = 1,
+    heads: int = 2,
+    vocab_size: int | None = None,
+    positions: int = 64,
+) -> Path:
+    """A ViT + GPT-2 VisionEncoderDecoder of the given shape (the same shape in both towers)
+    with seeded random weights, a byte-level BPE tokenizer trained here and a ViT image
+    processor, saved with save_pretrained. `vocab_size` defaults to the tokenizer's; a larger
+    one keeps a real model's output layer (ids the tokenizer lacks decode to nothing)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import (
+    from transformers import (  # type: ignore[attr-defined]  # GPT2TokenizerFast: v5 alias
         GPT2Config,
         GPT2LMHeadModel,
         GPT2TokenizerFast,
@@ -56,37 +74,35 @@ def build_tiny_captioner(folder: Path) -> Path:
     tok.pad_token = tok.eos_token
     encoder = ViTModel(
         ViTConfig(
-            image_size=32,
-            patch_size=8,
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=64,
+            image_size=image_size,
+            patch_size=patch_size,
+            hidden_size=width,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=4 * width,
         )
     )
     decoder = GPT2LMHeadModel(
         GPT2Config(
-            vocab_size=len(tok),
-            n_embd=32,
-            n_layer=1,
-            n_head=2,
-            n_positions=64,
+            vocab_size=vocab_size or len(tok),
+            n_embd=width,
+            n_layer=layers,
+            n_head=heads,
+            n_positions=positions,
             add_cross_attention=True,
             bos_token_id=tok.bos_token_id,
             eos_token_id=tok.eos_token_id,
         )
     )
     model = VisionEncoderDecoderModel(encoder=encoder, decoder=decoder)
-    model.config.decoder_start_token_id = tok.bos_token_id
-    model.config.pad_token_id = tok.pad_token_id
-    model.config.eos_token_id = tok.eos_token_id
-    model.generation_config.decoder_start_token_id = tok.bos_token_id
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
+    for cfg in (model.config, model.generation_config):
+        cfg.decoder_start_token_id = tok.bos_token_id
+        cfg.pad_token_id = tok.pad_token_id
+        cfg.eos_token_id = tok.eos_token_id
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    ViTImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(folder)
     return folder
 
 
