@@ -88,3 +88,24 @@ def run_subprocess(*args: str, env: dict[str, str] | None = None, timeout: float
         cwd=ROOT,
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def start_index(
+    folder: Path, env: dict[str, str], *, batch: int = 4, quiet: bool = False
+) -> subprocess.Popen[str]:
+    """Start `pixsearch index FOLDER --json` as a separate process (small batches, one reader
+    thread, so that tests can stop it at chosen moments); `quiet` discards its output."""
+    out = subprocess.DEVNULL if quiet else subprocess.PIPE
+    return subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "index", str(folder), "--json"],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            **env,
+            "PIXSEARCH_BATCH_SIZE": str(batch),
+            "PIXSEARCH_WORKERS": "1",
+        },
+        stdout=out,
+        stderr=out,
+        text=True,
+    )

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +23,7 @@ from api.server import create_app
 from indexer.home import Home
 from indexer.settings import Settings
 from indexer.vectors import VectorIndex
-from tests.helpers import ROOT, make_photos, run_cli
+from tests.helpers import make_photos, run_cli, start_index
 
 FIRST = 8
 MORE = 56
@@ -207,14 +205,7 @@ def test_searching_while_an_indexing_run_writes(
         )
         for t in threads:
             t.start()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "api.cli", "index", str(folder), "--json"],
-            cwd=ROOT,
-            env={**os.environ, **env, "PIXSEARCH_BATCH_SIZE": "4", "PIXSEARCH_WORKERS": "1"},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = start_index(folder, env)
         try:
             # Freeze the writer at three points (it may be inside a transaction) and check
             # that what the server answers is exactly what is committed.

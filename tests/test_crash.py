@@ -4,7 +4,6 @@ and a FAISS index that agree, and no half-written file left in the home."""
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import sqlite3
@@ -19,7 +18,7 @@ import numpy as np
 from indexer.home import Home
 from indexer.settings import Settings
 from indexer.vectors import VectorIndex
-from tests.helpers import ROOT, make_photos, run_cli
+from tests.helpers import ROOT, make_photos, run_cli, start_index
 
 TOTAL = 48
 BATCH = 4
@@ -40,22 +39,6 @@ def _rows(db_file: Path) -> int:
             return int(conn.execute("SELECT count(*) FROM images").fetchone()[0])
     except sqlite3.OperationalError:  # the schema is not there yet
         return 0
-
-
-def _start(folder: Path, env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "index", str(folder), "--json"],
-        cwd=ROOT,
-        env={
-            **os.environ,
-            **env,
-            "PIXSEARCH_BATCH_SIZE": str(BATCH),
-            "PIXSEARCH_WORKERS": "1",
-        },
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
 
 
 def _kill_when(proc: subprocess.Popen[str], ready: Callable[[], bool], jitter: float) -> None:
@@ -122,7 +105,7 @@ def test_repeated_sigkill_then_resume_loses_nothing(
     rng = random.Random(20240611)
     moments = []
     for label, ready, jitter in _kill_plan(rng, db_file):
-        proc = _start(folder, env)
+        proc = start_index(folder, env, batch=BATCH, quiet=True)
         _kill_when(proc, ready, jitter)
         moments.append((label, proc.returncode, _rows(db_file)))
     kills = f"kills (moment, exit status, rows committed): {moments}"

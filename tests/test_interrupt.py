@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from tests.helpers import ROOT, make_photos, run_cli
+from tests.helpers import make_photos, run_cli, start_index
 
 
 def _count_rows(db_file: Path) -> int:
@@ -21,22 +19,11 @@ def _count_rows(db_file: Path) -> int:
         return 0
 
 
-def _start(folder: Path, env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "index", str(folder), "--json"],
-        cwd=ROOT,
-        env={**os.environ, **env, "PIXSEARCH_BATCH_SIZE": "4", "PIXSEARCH_WORKERS": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def _interrupt_midway(
     folder: Path, env: dict[str, str], sig: int, total: int
 ) -> subprocess.Popen[str]:
     db_file = Path(env["PIXSEARCH_HOME"]) / "pixsearch.db"
-    proc = _start(folder, env)
+    proc = start_index(folder, env)
     deadline = time.monotonic() + 120
     while _count_rows(db_file) == 0 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
