@@ -85,16 +85,16 @@ def model_speed(encoder: ClipEncoder, batch: int = 64, seconds: float = 8.0) -> 
 
 
 def read_ms(paths: list[Path], encoder: ClipEncoder, max_pixels: int = 10**9) -> float:
-    """CPU ms per photo of the read stage: read, hash, reduced-scale decode, resize."""
-    from indexer.imageio import DRAFT_OVERSAMPLE, content_hash, decode, read_file
+    """CPU ms per photo of pixsearch's read stage (read, hash, reduced-scale decode, resize)."""
+    from indexer.pipeline import Job, read
+    from indexer.scan import FileEntry
+    from indexer.types import Failure
 
-    min_side = encoder.preprocess.size * DRAFT_OVERSAMPLE
     start = time.process_time()
     for path in paths:
-        data = read_file(str(path))
-        content_hash(data)
-        img, _ = decode(data, max_pixels=max_pixels, min_side=min_side)
-        encoder.prepare(img)
+        done = read(Job(FileEntry(str(path), 0, 0), "new"), set(), encoder, max_pixels)
+        if isinstance(done, Failure):
+            raise SystemExit(f"cannot read {done.path}: {done.error}")
     return (time.process_time() - start) / len(paths) * 1000
 
 

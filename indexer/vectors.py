@@ -295,8 +295,8 @@ class VectorIndex:
         k = max(1, min(k, n)) if n else 1
         q = np.ascontiguousarray(queries, np.float32).reshape(-1, self.dim)
         if unlike and hasattr(index, "nprobe"):
-            nprobe = self._probes(index, _policy(None).unlike_probe_factor)
-            return index.search(q, k, params=faiss.SearchParametersIVF(nprobe=nprobe))
+            params = faiss.SearchParametersIVF(nprobe=self._probes(index, unlike))
+            return index.search(q, k, params=params)
         scores, ids = index.search(q, k)
         return scores, ids
 
@@ -320,8 +320,7 @@ class VectorIndex:
         sel = faiss.IDSelectorBatch(allowed)
         if hasattr(index, "nprobe"):
             share = min(1.0, len(allowed) / n)
-            factor = _policy(None).unlike_probe_factor if unlike else 1.0
-            nprobe = min(int(index.nlist), math.ceil(self._probes(index, factor) / share))
+            nprobe = min(int(index.nlist), math.ceil(self._probes(index, unlike) / share))
             params: Any = faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)
         else:
             params = faiss.SearchParameters(sel=sel)
@@ -329,11 +328,15 @@ class VectorIndex:
         return scores, found
 
     @staticmethod
-    def _probes(index: Any, factor: float) -> int:
-        """The tuned nprobe times `factor`, within the policy's cap (never below the tuned)."""
+    def _probes(index: Any, unlike: bool) -> int:
+        """The tuned nprobe, or for unlike queries that times the policy's factor within its
+        cap (never below the tuned)."""
         tuned = max(1, int(index.nprobe))
-        cap = max(tuned, int(_policy(None).max_probe_fraction * int(index.nlist)))
-        return min(cap, math.ceil(tuned * factor))
+        if not unlike:
+            return tuned
+        policy = _policy(None)
+        cap = max(tuned, int(policy.max_probe_fraction * int(index.nlist)))
+        return min(cap, math.ceil(tuned * policy.unlike_probe_factor))
 
     # -- building -----------------------------------------------------------------------------
     @classmethod

@@ -308,7 +308,7 @@ class Searcher:
             pool = max(pool, need * POOL_FACTOR, need + POOL_EXTRA)
         # A query with text in it is unlike the image embeddings the index was tuned on.
         unlike = bool((q.text and q.text.strip()) or q.negative)
-        ids, _approximate, exhausted = self._retrieve(vec, pool, index, allowed, unlike)
+        ids, exhausted = self._retrieve(vec, pool, index, allowed, unlike)
         lexical = {} if q.rerank == "none" else self._lexical(q)
         if lexical:
             extra = np.setdiff1d(np.fromiter(lexical, np.int64), ids)
@@ -347,28 +347,27 @@ class Searcher:
 
     def _retrieve(
         self, vec: Embeddings, n: int, index: VectorIndex, allowed: Ids | None, unlike: bool
-    ) -> tuple[Ids, np.ndarray, bool]:
-        """(ids, approximate scores, whether every candidate was seen), best first."""
+    ) -> tuple[Ids, bool]:
+        """(candidate ids, best first by the index's own scores; whether every candidate was
+        seen). Their scores are re-computed exactly from the stored embeddings."""
         total = len(index)
         if total == 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.float32), True
+            return np.zeros(0, np.int64), True
         q = vec.reshape(1, -1)
         if allowed is None:
-            scores, ids = index.search(q, n, unlike=unlike)
-            return (*_valid(ids[0], scores[0]), n >= total)
+            _, ids = index.search(q, n, unlike=unlike)
+            return _valid(ids[0]), n >= total
         if len(allowed) <= max(n, SELECTIVE * total):
-            scores, ids = index.search_subset(q, n, allowed, unlike=unlike)
-            return (*_valid(ids[0], scores[0]), n >= len(allowed))
+            _, ids = index.search_subset(q, n, allowed, unlike=unlike)
+            return _valid(ids[0]), n >= len(allowed)
         m = min(total, n * 2)
         while True:
-            scores, ids = index.search(q, m, unlike=unlike)
+            _, ids = index.search(q, m, unlike=unlike)
             keep = np.isin(ids[0], allowed)
             if keep.sum() >= n or m >= total:
-                got_ids, got_scores = _valid(ids[0][keep], scores[0][keep])
-                return got_ids[:n], got_scores[:n], m >= total and keep.sum() <= n
+                return _valid(ids[0][keep])[:n], m >= total and keep.sum() <= n
             m = min(total, m * 4)
 
 
-def _valid(ids: np.ndarray, scores: np.ndarray) -> tuple[Ids, np.ndarray]:
-    ok = ids >= 0
-    return ids[ok].astype(np.int64), scores[ok]
+def _valid(ids: np.ndarray) -> Ids:
+    return ids[ids >= 0].astype(np.int64)
