@@ -295,13 +295,23 @@ def evaluate(
     captions: Annotated[
         bool, typer.Option(help="Score generated captions (BLEU-4, CIDEr) if a captioner is set.")
     ] = True,
+    absent: Annotated[
+        Path | None,
+        typer.Option(
+            "--absent",
+            help="Queries about things the photos do not show, one per line (default: the "
+            "data set's absent.txt): how many the cut-off answers empty.",
+        ),
+    ] = None,
 ) -> None:
-    """Measure retrieval quality: recall@1/5/10 both ways, per rerank setting."""
+    """Measure retrieval quality: recall@1/5/10 both ways, per rerank setting, and the cut-off."""
     from indexer.encoder import get_encoder
     from search.evaluate import evaluate as run_eval
 
     cfg = settings()
-    result: Any = run_eval(dataset, cfg, get_encoder(cfg), home=eval_home, captions=captions)
+    result: Any = run_eval(
+        dataset, cfg, get_encoder(cfg), home=eval_home, captions=captions, absent=absent
+    )
     if as_json:
         typer.echo(json.dumps(result))
         return
@@ -310,9 +320,21 @@ def evaluate(
     rows = [
         (f"text->image ({mode})", v["text_to_image"]) for mode, v in result["by_rerank"].items()
     ]  # type: ignore[attr-defined]
+    rows.append(("text->image (cut-off)", result["cutoff"]["text_to_image"]))
     rows.append(("image->text", result["image_to_text"]))
     for name, r in rows:
         typer.echo(f"{name:<24}{r['recall@1']:>8.3f}{r['recall@5']:>8.3f}{r['recall@10']:>8.3f}")
+    similar = result["cutoff"]["more_like_this_hits"]
+    typer.echo(
+        f"more like this with the cut-off: median {similar['median']:g} hits of "
+        f"{similar['k']} (min {similar['min']})"
+    )
+    if "absent" in result["cutoff"]:
+        a = result["cutoff"]["absent"]
+        typer.echo(
+            f"{a['queries']} queries about absent things: {a['empty']:.0%} answered empty, "
+            f"{a['at_most_3']:.0%} with at most 3 photos"
+        )
     if "captions" in result:
         c = result["captions"]
         typer.echo(

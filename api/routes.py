@@ -41,19 +41,20 @@ def _service(request: Request) -> Service:
 
 
 def _respond(service: Service, query: SearchQuery) -> SearchResponse:
-    notice = None
-    if query.captions and service.captions is None:
-        notice = service.captioner_error or "captions are off (PIXSEARCH_CAPTIONER=none)"
-    if (
-        service.home.exists() and service.home.model_row(service.encoder.key) is None
-    ) or not service.home.exists():
-        return SearchResponse(results=[], took_ms=0.0, notice="nothing is indexed yet")
     result: SearchResult = service.searcher.search(query)
+    notices = [result.notice] if result.notice else []
+    if query.captions and service.captions is None:
+        notices.append(service.captioner_error or "captions are off (PIXSEARCH_CAPTIONER=none)")
+    if result.cut_off:
+        notices.append(
+            "no photo matches this well; ask again without the cut-off for the closest ones"
+        )
     return SearchResponse(
         results=[HitOut.of(h) for h in result.hits],
         took_ms=round(result.took_ms, 2),
         cutoff=result.cutoff,
-        notice=notice,
+        cut_off=result.cut_off,
+        notice="; ".join(notices) or None,
     )
 
 
@@ -199,11 +200,13 @@ def image_similar(
     k: Annotated[int, Query(ge=1, le=200)] = 20,
     offset: Annotated[int, Query(ge=0, le=10_000)] = 0,
     captions: bool = False,
+    cutoff: bool = True,
 ) -> SearchResponse:
     """More like this: the image itself comes first, near-duplicates collapse into it."""
     service = _service(request)
     _row(service, image_id)
-    return _respond(service, SearchQuery(image_id=image_id, k=k, offset=offset, captions=captions))
+    query = SearchQuery(image_id=image_id, k=k, offset=offset, captions=captions, cutoff=cutoff)
+    return _respond(service, query)
 
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)

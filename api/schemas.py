@@ -21,7 +21,10 @@ class FiltersIn(BaseModel):
     taken_after: date | None = Field(None, description="Taken on or after this day.")
     taken_before: date | None = Field(None, description="Taken on or before this day.")
     path_prefix: str | None = Field(
-        None, max_length=4096, pattern=r"^[^\x00]*$", description="Folder (or file)."
+        None,
+        max_length=4096,
+        pattern=r"^\s*([~/][^\x00]*)?$",
+        description="Folder (or file): an absolute path, or one starting with ~.",
     )
     camera: str | None = Field(None, max_length=128, description="Camera make or model.")
     min_width: int | None = Field(None, ge=1, le=1_000_000)
@@ -135,6 +138,11 @@ class SearchResponse(BaseModel):
     results: list[HitOut]
     took_ms: float
     cutoff: float | None = Field(None, description="The score below which hits were dropped.")
+    cut_off: bool = Field(
+        False,
+        description="The automatic cut-off left this first page empty: there are photos, but "
+        "none matches well. Ask again with cutoff false for the closest ones.",
+    )
     notice: str | None = Field(None, description="Why something asked for is missing.")
 
 

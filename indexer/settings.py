@@ -52,11 +52,19 @@ class Settings(BaseSettings):
         0.97, ge=0.5, le=1.0, description="Hits closer than this (cosine) collapse into one."
     )
     cutoff_z: float = Field(
-        3.0,
+        2.05,
         ge=0.0,
         le=50.0,
-        description="Automatic cut-off: drop hits scoring below mean + z * std of the query's "
-        "scores over a sample of the collection.",
+        description="Automatic cut-off for text queries: drop hits scoring below the query's "
+        "background level (median of its scores over a sample of the collection) plus z "
+        "times their spread below that median.",
+    )
+    cutoff_z_image: float = Field(
+        1.25,
+        ge=0.0,
+        le=50.0,
+        description="The same for image queries (more like this, uploads): photos resemble "
+        "each other on a wider scale than words resemble photos.",
     )
     lexical_weight: float = Field(
         0.03, ge=0.0, le=1.0, description="Boost for hits whose stored caption matches the words."

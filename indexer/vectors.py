@@ -294,19 +294,31 @@ class VectorIndex:
         n = int(index.ntotal)
         k = max(1, min(k, n)) if n else 1
         q = np.ascontiguousarray(queries, np.float32).reshape(-1, self.dim)
-        if unlike and hasattr(index, "nprobe"):
-            params = faiss.SearchParametersIVF(nprobe=self._probes(index, unlike))
-            return index.search(q, k, params=params)
-        scores, ids = index.search(q, k)
+        if not hasattr(index, "nprobe"):
+            return index.search(q, k)  # type: ignore[no-any-return]
+        params = faiss.SearchParametersIVF(nprobe=self._probes(index, unlike))
+        scores, ids = index.search(q, k, params=params)
+        if int((ids >= 0).sum(axis=1).min()) < k:
+            # The probed lists hold fewer than k vectors (a small or lopsided index, or a
+            # large k): look at every list, so that k come back whenever k exist.
+            params = faiss.SearchParametersIVF(nprobe=int(index.nlist))
+            scores, ids = index.search(q, k, params=params)
         return scores, ids
 
     def search_subset(
-        self, queries: Embeddings, k: int, ids: Ids, *, unlike: bool = False
+        self,
+        queries: Embeddings,
+        k: int,
+        ids: Ids,
+        *,
+        unlike: bool = False,
+        exhaustive: bool = False,
     ) -> tuple[Scores, Ids]:
         """Like `search`, restricted to the given ids (a metadata filter's result).
 
         An IVF index probes proportionally more lists the smaller the allowed share is, so
-        that about as many allowed candidates are seen as by an unfiltered search.
+        that about as many allowed candidates are seen as by an unfiltered search; and every
+        list when that finds fewer than k, or when `exhaustive`.
         """
         faiss = _faiss()
 
@@ -318,13 +330,16 @@ class VectorIndex:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
         k = max(1, min(k, len(allowed)))
         sel = faiss.IDSelectorBatch(allowed)
-        if hasattr(index, "nprobe"):
-            share = min(1.0, len(allowed) / n)
-            nprobe = min(int(index.nlist), math.ceil(self._probes(index, unlike) / share))
-            params: Any = faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)
-        else:
-            params = faiss.SearchParameters(sel=sel)
-        scores, found = index.search(q, k, params=params)
+        if not hasattr(index, "nprobe"):
+            return index.search(q, k, params=faiss.SearchParameters(sel=sel))  # type: ignore[no-any-return]
+        nlist = int(index.nlist)
+        share = min(1.0, len(allowed) / n)
+        nprobe = nlist if exhaustive else min(nlist, math.ceil(self._probes(index, unlike) / share))
+        scores, found = index.search(q, k, params=faiss.SearchParametersIVF(sel=sel, nprobe=nprobe))
+        if nprobe < nlist and int((found >= 0).sum(axis=1).min()) < k:
+            # The allowed ids lie outside the probed lists: the filter's own ids, all of them.
+            params = faiss.SearchParametersIVF(sel=sel, nprobe=nlist)
+            scores, found = index.search(q, k, params=params)
         return scores, found
 
     @staticmethod

@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -32,7 +33,12 @@ POOL_EXTRA = 40
 SELECTIVE = 0.2
 #: Weight of the negative texts subtracted from the query vector.
 NEGATIVE_WEIGHT = 0.5
+#: Images scored per query to learn its background level (see `rerank.background_level`).
 BACKGROUND_SAMPLE = 2000
+#: Seconds a background sample is kept while the collection does not change.
+BACKGROUND_TTL = 300.0
+#: Rows of vectors kept with cached rankings (later pages, captions), all entries together.
+PAGE_CACHE_ROWS = 100_000
 #: Indexes at least this large are reloaded in a background thread.
 BACKGROUND_RELOAD = 100_000
 
@@ -51,6 +57,27 @@ def single_threaded_numpy_blas() -> None:
             lib.set_num_threads(1)
 
 
+@dataclass(frozen=True, slots=True)
+class _State:
+    """What one request needs of the home, resolved once: model, generation, index, sample."""
+
+    model: Model
+    index: VectorIndex
+    generation: int
+    background: Embeddings
+
+
+@dataclass(frozen=True, slots=True)
+class _Ranking:
+    """A query's ranked candidates: ids and exact scores, best first, with their vectors."""
+
+    ids: list[int]
+    scores: list[float]
+    vectors: Embeddings
+    exhausted: bool  # every candidate there is was seen: no later page can add any
+    below: int = 0  # candidates dropped for scoring under the cut-off
+
+
 class Searcher:
     """Answers queries over one home with one encoder; safe to share between threads."""
 
@@ -65,10 +92,10 @@ class Searcher:
         self._index: VectorIndex | None = None
         self._generation = -1
         self._lock = threading.Lock()
-        self._background: tuple[float, Embeddings] | None = None
-        self._pages: OrderedDict[
-            tuple[object, ...], tuple[tuple[int, int], list[tuple[int, float]], bool]
-        ] = OrderedDict()
+        self._background: tuple[float, int, Embeddings] | None = None
+        self._pages: OrderedDict[tuple[object, ...], tuple[tuple[int, int], _Ranking]] = (
+            OrderedDict()
+        )
         self._texts: OrderedDict[str, Embeddings] = OrderedDict()
         self._texts_limit = 512
         self._text_lock = threading.Lock()
@@ -77,7 +104,7 @@ class Searcher:
     # -- state ----------------------------------------------------------------------------
     def model(self) -> Model:
         """The stored model the encoder writes to; an error if nothing is indexed with it."""
-        row = self.home.model_row(self.encoder.key) if self.home.exists() else None
+        row = self._model_row()
         if row is None:
             raise InvalidInput(
                 f"nothing is indexed with model {self.encoder.key} in {self.home.path} yet: "
@@ -85,14 +112,21 @@ class Searcher:
             )
         return row
 
+    def _model_row(self) -> Model | None:
+        # One query gives the model's id, dimension and generation.
+        return self.home.model_row(self.encoder.key) if self.home.exists() else None
+
     def index(self) -> VectorIndex:
-        """The current FAISS index; reloaded (or rebuilt) when the database has moved on.
+        """The current FAISS index; reloaded (or rebuilt) when the database has moved on."""
+        return self._index_for(self.model())
+
+    def _index_for(self, model: Model) -> VectorIndex:
+        """The index for the model row just read (its generation says whether to reload).
 
         The new index is built first and then swapped in: queries in flight keep the old one.
         A large index is reloaded in the background while queries go on with the old one.
         """
-        model = self.model()
-        generation = self.home.generation(model.id)
+        generation = int(model.generation or 0)
         current = self._index
         if current is not None and generation == self._generation:
             return current
@@ -111,6 +145,15 @@ class Searcher:
             ).start()
         return current
 
+    def _state(self) -> _State | None:
+        """Model, index and background sample for one request; None if nothing is indexed."""
+        model = self._model_row()
+        if model is None:
+            return None
+        index = self._index_for(model)
+        generation = int(model.generation or 0)
+        return _State(model, index, generation, self._background_sample(model, generation))
+
     def _load(self, model: Model, generation: int) -> None:
         fresh = self.home.load_index(model.name, model.id, model.dim)
         self._index, self._generation = fresh, generation
@@ -123,6 +166,35 @@ class Searcher:
         finally:
             self._lock.release()
 
+    def _background_sample(self, model: Model, generation: int) -> Embeddings:
+        """A fixed random sample of the collection's vectors (all of a small collection)."""
+        now = time.monotonic()
+        cached = self._background
+        if cached is not None and (
+            cached[1] == generation
+            # A large sample is costly to redraw while an indexing run changes the collection
+            # with every batch; a partial one (a small collection, sampled whole) is not.
+            or (now - cached[0] < BACKGROUND_TTL and len(cached[2]) >= BACKGROUND_SAMPLE // 2)
+        ):
+            return cached[2]
+        from sqlalchemy import func, select
+
+        from indexer.db import Image
+
+        with self.home.engine.connect() as conn:
+            lo, hi = conn.execute(select(func.min(Image.id), func.max(Image.id))).one()
+        if lo is None:
+            vecs = np.zeros((0, model.dim), np.float32)
+        elif hi - lo + 1 <= BACKGROUND_SAMPLE:
+            _, vecs = self.home.stored_vectors(model.id, model.dim, np.arange(lo, hi + 1))
+        else:
+            rng = np.random.default_rng(0)
+            pick = np.unique(rng.integers(lo, hi + 1, size=BACKGROUND_SAMPLE))
+            _, vecs = self.home.stored_vectors(model.id, model.dim, pick)
+        self._background = (now, generation, vecs)
+        return vecs
+
+    # -- query vectors --------------------------------------------------------------------
     def embed_text(self, text: str) -> Embeddings:
         """A text's embedding; repeated queries hit a small cache."""
         text = text.strip()
@@ -150,10 +222,11 @@ class Searcher:
             while len(self._texts) > self._texts_limit:
                 self._texts.popitem(last=False)
 
-    # -- query vectors --------------------------------------------------------------------
-    def vector_of(self, image: int | str) -> tuple[Embeddings, int | None]:
+    def vector_of(
+        self, image: int | str, model: Model | None = None
+    ) -> tuple[Embeddings, int | None]:
         """The embedding of an indexed id, an indexed path, or any image file (embedded now)."""
-        model = self.model()
+        model = model or self.model()
         if isinstance(image, int) or (image.isdigit() and not os.path.exists(image)):
             image_id = int(image)
             ids, vecs = self.home.stored_vectors(model.id, model.dim, np.asarray([image_id]))
@@ -173,14 +246,14 @@ class Searcher:
         img, _ = decode(data, max_pixels=self.settings.max_image_pixels)
         return self.encoder.embed_images([img])[0]
 
-    def query_vector(self, q: Query) -> Embeddings:
+    def query_vector(self, q: Query, model: Model | None = None) -> Embeddings:
         """One unit vector for the query: text and image combined, negatives pushed away."""
         parts: list[Embeddings] = []
         if q.text is not None and q.text.strip():
             parts.append(self.embed_text(q.text.strip()))
         image_vec = q.image_vector
         if image_vec is None and q.image_id is not None:
-            image_vec, _ = self.vector_of(q.image_id)
+            image_vec, _ = self.vector_of(q.image_id, model)
         if image_vec is not None:
             parts.append(unit(image_vec))
         if not parts:
@@ -206,27 +279,41 @@ class Searcher:
         started = time.perf_counter()
         if q.k < 1 or q.offset < 0:
             raise InvalidInput("k must be at least 1 and offset at least 0")
-        if q.rerank == "generative" and not (q.text and q.text.strip()):
+        has_text = bool(q.text and q.text.strip())
+        if q.rerank == "generative" and not has_text:
             raise InvalidInput("the generative rerank needs a query text")
-        vec = self.query_vector(q)
-        index = self.index()
-        model = self.model()
-        cutoff = self._cutoff(q, vec, model)
-        ranked, _exhausted = self._ranked(q, vec, index, model, q.offset + q.k, cutoff)
-        page = ranked[q.offset : q.offset + q.k]
-        rows = self.home.images_by_id([i for i, _ in page])
+        notices: list[str] = []
+        state = self._state()
+        if state is None:
+            return SearchResult([], 0.0, notice="nothing is indexed yet")
+        if q.rerank == "generative" and self.captions is None:
+            notices.append("the generative rerank needs a captioner; ranked without it")
+        if q.filters.taken_after is not None or q.filters.taken_before is not None:
+            notices.extend(undated_notice(self.home))
+        vec = self.query_vector(q, state.model)
+        cutoff = self._cutoff(q, vec, state.background)
+        ranking = self._ranked(q, vec, state, q.offset + q.k, cutoff)
+        window = range(q.offset, min(q.offset + q.k, len(ranking.ids)))
+        rows = self.home.images_by_id([ranking.ids[j] for j in window])
+        keep = [j for j in window if ranking.ids[j] in rows]
         hits = [
-            Hit(i, r.path, s, r.width, r.height, r.taken_at, r.content_hash)
-            for i, s in page
-            if (r := rows.get(i)) is not None
+            Hit(i, r.path, ranking.scores[j], r.width, r.height, r.taken_at, r.content_hash)
+            for j in keep
+            for i, r in [(ranking.ids[j], rows[ranking.ids[j]])]
         ]
         if q.captions and self.captions is not None and hits:
-            _, vecs = self.home.stored_vectors(
-                model.id, model.dim, np.asarray([h.id for h in hits])
-            )
-            hits = self.captions.for_hits(hits, vecs)
+            # The captioner reads each hit's own vector: the ranking's, in the hits' order.
+            hits = self.captions.for_hits(hits, ranking.vectors[keep])
         took = (time.perf_counter() - started) * 1000
-        return SearchResult(hits, took, cutoff if cutoff > -1 else None)
+        return SearchResult(
+            hits,
+            took,
+            cutoff if cutoff > -1 else None,
+            notice="; ".join(notices) or None,
+            # The first page is empty only because of the cut-off: the page offers the
+            # closest photos anyway.
+            cut_off=q.cutoff and q.offset == 0 and not ranking.ids and ranking.below > 0,
+        )
 
     def text(self, query: str, k: int = 20) -> list[Hit]:
         """Images best matching a text (plain ranking: exact scores, no cut-off)."""
@@ -239,33 +326,20 @@ class Searcher:
         vec, _ = self.vector_of(image)
         return self.search(Query(image_vector=vec, k=k, cutoff=False, rerank="none")).hits
 
-    def _cutoff(self, q: Query, vec: Embeddings, model: Model) -> float:
+    def _cutoff(self, q: Query, vec: Embeddings, background: Embeddings) -> float:
+        """The score a hit needs: `min_score`, and with the cut-off on, the query's own
+        background level plus z spreads (z per kind of query: texts and images score on
+        different scales against photos)."""
         floor = q.min_score if q.min_score is not None else -1.0
         if not q.cutoff:
             return floor
-        sample = self._background_sample(model)
-        return max(floor, rerank.auto_cutoff(sample @ vec, self.settings.cutoff_z))
-
-    def _background_sample(self, model: Model) -> Embeddings:
-        now = time.monotonic()
-        if self._background is None or now - self._background[0] > 300:
-            with self.home.engine.connect() as conn:
-                from sqlalchemy import func, select
-
-                from indexer.db import Image
-
-                lo, hi = conn.execute(select(func.min(Image.id), func.max(Image.id))).one()
-            if lo is None:
-                return np.zeros((0, model.dim), np.float32)
-            rng = np.random.default_rng(0)
-            pick = np.unique(rng.integers(lo, hi + 1, size=BACKGROUND_SAMPLE))
-            _, vecs = self.home.stored_vectors(model.id, model.dim, pick)
-            self._background = (now, vecs)
-        return self._background[1]
+        textual = bool(q.text and q.text.strip())
+        z = self.settings.cutoff_z if textual else self.settings.cutoff_z_image
+        return max(floor, rerank.auto_cutoff(background @ vec, z))
 
     def _ranked(
-        self, q: Query, vec: Embeddings, index: VectorIndex, model: Model, need: int, cutoff: float
-    ) -> tuple[list[tuple[int, float]], bool]:
+        self, q: Query, vec: Embeddings, state: _State, need: int, cutoff: float
+    ) -> _Ranking:
         # Same query, same data: serve later pages from the ranking the first page made.
         key = (
             q.text,
@@ -280,27 +354,30 @@ class Searcher:
         )
         # A ranking is valid for the index it was made on: a query still ranking on the old
         # index when a new one is swapped in must not file its ranking under the new one.
-        stamp = (self._generation, id(index))
+        stamp = (state.generation, id(state.index))
         with self._pages_lock:
             cached = self._pages.get(key)
-            if cached is not None and cached[0] == stamp and (len(cached[1]) >= need or cached[2]):
-                self._pages.move_to_end(key)
-                return cached[1], cached[2]
-        ranked, exhausted = self._rank(q, vec, index, model, need, cutoff)
+            if cached is not None and cached[0] == stamp:
+                ranking = cached[1]
+                if len(ranking.ids) >= need or ranking.exhausted:
+                    self._pages.move_to_end(key)
+                    return ranking
+        ranking = self._rank(q, vec, state, need, cutoff)
         with self._pages_lock:
-            self._pages[key] = (stamp, ranked, exhausted)
-            while len(self._pages) > 64:
-                self._pages.popitem(last=False)
-        return ranked, exhausted
+            self._pages[key] = (stamp, ranking)
+            rows = sum(len(r.ids) for _, r in self._pages.values())
+            while len(self._pages) > 1 and (len(self._pages) > 64 or rows > PAGE_CACHE_ROWS):
+                _, (_, old) = self._pages.popitem(last=False)
+                rows -= len(old.ids)
+        return ranking
 
-    def _rank(
-        self, q: Query, vec: Embeddings, index: VectorIndex, model: Model, need: int, cutoff: float
-    ) -> tuple[list[tuple[int, float]], bool]:
+    def _rank(self, q: Query, vec: Embeddings, state: _State, need: int, cutoff: float) -> _Ranking:
+        model, index = state.model, state.index
         allowed: Ids | None = None
         if q.filters.active():
             allowed = allowed_ids(self.home, q.filters)
             if not len(allowed):
-                return [], True
+                return _Ranking([], [], np.zeros((0, model.dim), np.float32), True)
         # Even the plain ranking fetches what the index needs for its exact top `need`
         # (a compressed index's scores are approximate) and reports exact scores.
         pool = index.candidates(need)
@@ -321,15 +398,21 @@ class Searcher:
         if lexical:
             w = self.settings.lexical_weight
             exact = exact + w * np.asarray([lexical.get(int(i), 0.0) for i in found], np.float32)
-        order = [int(i) for i in np.lexsort((found, -exact)) if exact[i] >= cutoff]
-        if q.rerank == "none":
-            return [(int(found[i]), float(exact[i])) for i in order], exhausted
-        order = rerank.collapse_duplicates(order, vecs, self.settings.dedupe_threshold)
-        if q.rerank == "mmr":
-            order = rerank.mmr(order, vecs, exact, q.mmr_lambda, need)
-        elif q.rerank == "generative" and self.captions is not None:
-            order = self._generative(q, order, vecs, exact, found, need)
-        return [(int(found[i]), float(exact[i])) for i in order], exhausted
+        ranked = np.lexsort((found, -exact))
+        order = [int(i) for i in ranked if exact[i] >= cutoff]
+        if q.rerank != "none":
+            order = rerank.collapse_duplicates(order, vecs, self.settings.dedupe_threshold)
+            if q.rerank == "mmr":
+                order = rerank.mmr(order, vecs, exact, q.mmr_lambda, need)
+            elif q.rerank == "generative" and self.captions is not None:
+                order = self._generative(q, order, vecs, exact, found, need)
+        return _Ranking(
+            [int(found[i]) for i in order],
+            [float(exact[i]) for i in order],
+            np.ascontiguousarray(vecs[order]),
+            exhausted,
+            below=len(ranked) - len(order),
+        )
 
     def _generative(
         self, q: Query, order: list[int], vecs: Embeddings, exact: np.ndarray, found: Ids, need: int
@@ -349,24 +432,48 @@ class Searcher:
         self, vec: Embeddings, n: int, index: VectorIndex, allowed: Ids | None, unlike: bool
     ) -> tuple[Ids, bool]:
         """(candidate ids, best first by the index's own scores; whether every candidate was
-        seen). Their scores are re-computed exactly from the stored embeddings."""
+        seen). Their scores are re-computed exactly from the stored embeddings.
+
+        Fewer than `n` ids come back only when fewer than `n` images are eligible: the
+        index searches every list when its probed ones hold too few (`VectorIndex.search`).
+        """
         total = len(index)
         if total == 0:
             return np.zeros(0, np.int64), True
         q = vec.reshape(1, -1)
         if allowed is None:
             _, ids = index.search(q, n, unlike=unlike)
-            return _valid(ids[0]), n >= total
+            found = _valid(ids[0])
+            return found, len(found) < n or n >= total
         if len(allowed) <= max(n, SELECTIVE * total):
             _, ids = index.search_subset(q, n, allowed, unlike=unlike)
-            return _valid(ids[0]), n >= len(allowed)
+            found = _valid(ids[0])
+            return found, len(found) < n or n >= len(allowed)
         m = min(total, n * 2)
         while True:
             _, ids = index.search(q, m, unlike=unlike)
-            keep = np.isin(ids[0], allowed)
-            if keep.sum() >= n or m >= total:
-                return _valid(ids[0][keep])[:n], m >= total and keep.sum() <= n
+            got = _valid(ids[0])
+            keep = got[np.isin(got, allowed)]
+            if len(keep) >= n:
+                return keep[:n], False
+            if m >= total or len(got) < m:
+                # Everything the index holds was seen and too few are allowed: the allowed
+                # ones it returned are all there are... unless the index could not return
+                # them all, which only an exhaustive look at the allowed ids can tell.
+                _, ids = index.search_subset(q, n, allowed, unlike=unlike, exhaustive=True)
+                found = _valid(ids[0])
+                return found, len(found) < n
             m = min(total, m * 4)
+
+
+def undated_notice(home: Home) -> list[str]:
+    """A note for date filters: photos without a capture date are matched by file date."""
+    from search.filters import count_undated
+
+    n = count_undated(home)
+    if not n:
+        return []
+    return [f"{n} photos have no capture date; the date filter used their file date"]
 
 
 def _valid(ids: np.ndarray) -> Ids:

@@ -96,16 +96,36 @@ def _home(settings: Settings, home: Path | None) -> Iterator[Settings]:
         yield settings.model_copy(update={"home": Path(tmp), "database_url": None})
 
 
+def load_absent(dataset: Path, absent: Path | None) -> list[str]:
+    """Queries about things the data set does not show: `absent` (one per line), else the
+    data set's own `absent.txt` if it has one, else none."""
+    path = absent or (dataset.expanduser() / "absent.txt")
+    if absent is None and not path.is_file():
+        return []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror or exc}") from None
+    return [q.strip() for q in lines if q.strip() and not q.lstrip().startswith("#")]
+
+
 def evaluate(
     dataset: Path,
     settings: Settings,
     encoder: ClipEncoder,
     home: Path | None = None,
     captions: bool = True,
+    absent: Path | None = None,
 ) -> dict[str, object]:
-    """Index the data set's images, answer every caption as a query, report recall@k."""
+    """Index the data set's images, answer every caption as a query, report recall@k.
+
+    Also what the automatic cut-off does with the defaults a user gets: recall@k with it,
+    how many hits "more like this" keeps, and how many queries about absent things (see
+    `load_absent`) it answers empty or with at most 3 photos.
+    """
     started = time.perf_counter()
     ds = load_dataset(dataset)
+    absent_queries = load_absent(dataset, absent)
     with _home(settings, home) as cfg:
         h = Home(cfg)
         report = Indexer(h, encoder).run([str(p) for p in ds.images])
@@ -130,6 +150,7 @@ def evaluate(
                 got = [hit.id for hit in hits.hits]
                 ranks.append(got.index(image_id) if image_id in got else -1)
             by_mode[mode] = _recalls(ranks)
+        cut = _cutoff_report(searcher, queries, absent_queries)
         # Image to text: every image against every caption, in the same space.
         image_ids = sorted({i for i, _ in queries})
         found, img_vecs = h.stored_vectors(model.id, model.dim, np.asarray(image_ids))
@@ -145,6 +166,7 @@ def evaluate(
             "text_to_image": by_mode["standard"],
             "image_to_text": _recalls(i2t),
             "by_rerank": {m: {"text_to_image": v} for m, v in by_mode.items()},
+            "cutoff": cut,
             "images": len(image_ids),
             "queries": len(queries),
         }
@@ -152,6 +174,39 @@ def evaluate(
             result["captions"] = _caption_scores(h, service, model.id, model.dim, ds, ids)
     result["seconds"] = round(time.perf_counter() - started, 2)
     return result
+
+
+def _cutoff_report(
+    searcher: Searcher, queries: list[tuple[int, str]], absent: list[str]
+) -> dict[str, object]:
+    """The automatic cut-off with the defaults (standard rerank, cut-off on): recall@k of the
+    captions, hits kept by "more like this", and absent-content queries answered (nearly)
+    empty."""
+    ranks = []
+    for image_id, text in queries:
+        got = [h.id for h in searcher.search(Query(text=text, k=max(KS))).hits]
+        ranks.append(got.index(image_id) if image_id in got else -1)
+    similar = [
+        len(searcher.search(Query(image_id=i, k=50)).hits) for i in sorted({i for i, _ in queries})
+    ]
+    report: dict[str, object] = {
+        "text_to_image": _recalls(ranks),
+        "more_like_this_hits": {
+            "k": 50,
+            "median": float(np.median(similar)) if similar else 0.0,
+            "min": int(min(similar, default=0)),
+        },
+    }
+    if absent:
+        searcher.prime_texts(absent)
+        counts = [len(searcher.search(Query(text=t, k=20)).hits) for t in absent]
+        report["absent"] = {
+            "queries": len(absent),
+            "empty": round(float(np.mean([c == 0 for c in counts])), 4),
+            "at_most_3": round(float(np.mean([c <= 3 for c in counts])), 4),
+            "hits": dict(zip(absent, counts, strict=True)),
+        }
+    return report
 
 
 def _caption_scores(

@@ -1,4 +1,9 @@
-"""Metadata filters as SQL: the ids an `Filters` allows."""
+"""Metadata filters as SQL: the ids a `Filters` allows.
+
+Dates: a photo without an EXIF capture date (a scan, a screenshot, an edited export) is dated
+by its file's modification time, as file managers and photo apps do, rather than dropped by
+every date filter.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,10 @@ import os
 from datetime import date, datetime, time, timedelta
 
 import numpy as np
-from sqlalchemy import ColumnElement, func, or_, select
+from sqlalchemy import ColumnElement, and_, func, or_, select
 
 from indexer.db import Image
+from indexer.errors import InvalidInput
 from indexer.home import Home
 from indexer.vectors import Ids
 from search.query import Filters
@@ -20,22 +26,58 @@ def _start(d: date | datetime) -> datetime:
     return d if isinstance(d, datetime) else datetime.combine(d, time.min)
 
 
+def _ns(moment: datetime) -> int:
+    """A naive local datetime as the file-time scale (ns since the epoch, within int64)."""
+    try:
+        ns = int(moment.timestamp() * 1_000_000_000)
+    except (OverflowError, ValueError, OSError):  # year 1 or 9999 in some time zones
+        ns = -(2**63) if moment.year < 1970 else 2**63 - 1
+    return max(-(2**63), min(2**63 - 1, ns))
+
+
+def _on_or_after(moment: datetime) -> ColumnElement[bool]:
+    return or_(
+        Image.taken_at >= moment,
+        and_(Image.taken_at.is_(None), Image.mtime_ns >= _ns(moment)),
+    )
+
+
+def _before(moment: datetime, inclusive: bool) -> ColumnElement[bool]:
+    if inclusive:
+        return or_(
+            Image.taken_at <= moment,
+            and_(Image.taken_at.is_(None), Image.mtime_ns <= _ns(moment)),
+        )
+    return or_(
+        Image.taken_at < moment,
+        and_(Image.taken_at.is_(None), Image.mtime_ns < _ns(moment)),
+    )
+
+
+def folder_prefix(path: str) -> str:
+    """The absolute form of a folder filter; `InvalidInput` for a relative one (relative to
+    what? the server's working folder means nothing to whoever sends the query)."""
+    expanded = os.path.expanduser(path.strip())
+    if not os.path.isabs(expanded):
+        raise InvalidInput(f"the folder filter must be an absolute path, not '{path}'")
+    return os.path.normpath(expanded)
+
+
 def conditions(f: Filters) -> list[ColumnElement[bool]]:
     """SQL conditions for the filters that are set."""
     conds: list[ColumnElement[bool]] = []
     if f.taken_after is not None:
-        conds.append(Image.taken_at >= _start(f.taken_after))
+        conds.append(_on_or_after(_start(f.taken_after)))
     if f.taken_before is not None:
         end = f.taken_before
         # A date means the whole day; a datetime means that instant.
         if isinstance(end, datetime):
-            conds.append(Image.taken_at <= end)
+            conds.append(_before(end, inclusive=True))
         elif end < date.max:
-            conds.append(Image.taken_at < _start(end) + timedelta(days=1))
-        else:  # the last day there is has no next day (OverflowError): any date is before it
-            conds.append(Image.taken_at.is_not(None))
+            conds.append(_before(_start(end) + timedelta(days=1), inclusive=False))
+        # else: the last day there is has no next day; every photo is taken before its end
     if f.path_prefix:
-        prefix = os.path.abspath(os.path.expanduser(f.path_prefix))
+        prefix = folder_prefix(f.path_prefix)
         folder = prefix.rstrip(os.sep) + os.sep
         upper = folder[:-1] + chr(ord(os.sep) + 1)
         conds.append(or_(Image.path == prefix, (Image.path >= folder) & (Image.path < upper)))
@@ -67,3 +109,10 @@ def allowed_ids(home: Home, f: Filters) -> Ids:
         # (12k ids), stalling every other request of the server.
         rows = conn.execute(stmt).cursor.fetchall()
     return np.array(rows, dtype=np.int64).reshape(-1)
+
+
+def count_undated(home: Home) -> int:
+    """How many photos have no capture date (date filters use their file's time)."""
+    with home.engine.connect() as conn:
+        stmt = select(func.count()).select_from(Image).where(Image.taken_at.is_(None))
+        return int(conn.scalar(stmt) or 0)

@@ -84,6 +84,10 @@ class SearchResult:
     hits: list[Hit]
     took_ms: float
     cutoff: float | None = None
+    #: Why something asked for is missing or was done differently (one line), if anything.
+    notice: str | None = None
+    #: The automatic cut-off emptied the first page: matches exist, none scores well.
+    cut_off: bool = False
 
 
 def unit(v: np.ndarray) -> Embeddings:

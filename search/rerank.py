@@ -56,11 +56,31 @@ def fuse(clip: npt.ArrayLike, loglik: npt.ArrayLike, weight: float) -> Scores:
 MIN_BACKGROUND = 50
 
 
-def auto_cutoff(background: Scores, z: float) -> float:
-    """Scores below mean + z * std of the query's scores over a random sample are irrelevant.
+def background_level(background: Scores) -> tuple[float, float]:
+    """(centre, spread) of the scores of images that have nothing to do with the query.
 
-    Never above 0.999, so an image is always found by itself.
+    The centre is the median of the query's scores over a sample of the collection, the
+    spread the root-mean-square distance below it. Only the lower half is used because the
+    upper half holds whatever the query does match: a query that resembles a large part of
+    the collection ("a circle" where a fifth of the photos are circles) lifts the mean and
+    widens the standard deviation of the whole sample, and mean + z*std then hides the very
+    photos it matches. The lower half stays background as long as the query matches less
+    than half of the collection.
+    """
+    scores = np.asarray(background, np.float64)
+    centre = float(np.median(scores))
+    below = scores[scores <= centre] - centre
+    spread = float(np.sqrt(np.mean(below * below))) if len(below) else 0.0
+    return centre, spread
+
+
+def auto_cutoff(background: Scores, z: float) -> float:
+    """The score a hit needs: z spreads above the query's background level (`background_level`).
+
+    -1 (no cut-off) when the sample is too small to tell; never above 0.999, so that an image
+    is always found by itself.
     """
     if len(background) < MIN_BACKGROUND:
         return -1.0
-    return min(0.999, float(background.mean() + z * background.std()))
+    centre, spread = background_level(background)
+    return min(0.999, centre + z * spread)

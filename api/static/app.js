@@ -32,6 +32,7 @@
     empty: $("empty-state"),
     emptyTitle: $("empty-title"),
     emptyText: $("empty-text"),
+    showClosest: $("show-closest"),
     results: $("results"),
     sentinel: $("sentinel"),
     endNote: $("end-note"),
@@ -259,6 +260,7 @@
           offset,
           filters,
           captions,
+          cutoff: !query.closest,
         }),
       });
     }
@@ -279,11 +281,13 @@
             offset,
             filters,
             captions,
+            cutoff: !query.closest,
           }),
         });
       }
       const params = new URLSearchParams({ k: String(PAGE_SIZE), offset: String(offset) });
       if (captions) params.set("captions", "true");
+      if (query.closest) params.set("cutoff", "false");
       return api(`/images/${encodeURIComponent(query.id)}/similar?${params}`, { signal });
     }
 
@@ -293,6 +297,7 @@
     form.append("k", String(PAGE_SIZE));
     form.append("offset", String(offset));
     form.append("captions", captions ? "true" : "false");
+    form.append("cutoff", query.closest ? "false" : "true");
     if (filters.path_prefix) form.append("path_prefix", filters.path_prefix);
     if (filters.taken_after) form.append("taken_after", filters.taken_after);
     if (filters.taken_before) form.append("taken_before", filters.taken_before);
@@ -328,11 +333,15 @@
           ? "Once the indexer has processed your library, describe a photo here or drop one on this page."
           : "Describe what you remember — “birthday cake with candles”, “snowy mountain lake” — or drop a photo anywhere on this page to find similar ones.";
     } else {
-      els.emptyTitle.textContent = "No photos match well";
+      els.emptyTitle.textContent = state.query
+        ? `No photos match “${describeQuery(state.query)}” well`
+        : "No photos match well";
       els.emptyText.textContent = hasFilters()
         ? "Try other words, or loosen the date and folder filters."
         : "Try describing it differently — objects, colours, places or the mood of the scene.";
     }
+    // Only when the automatic cut-off hid photos that exist: then the closest can be shown.
+    els.showClosest.hidden = kind !== "cutoff";
   }
 
   function updateFilterChrome() {
@@ -412,7 +421,7 @@
     const base =
       q.kind === "text" ? `t:${q.text}|${q.negative.join(",")}` : q.kind === "similar" ? `s:${q.id}` : `u:${q.preview}`;
     const f = currentFilters();
-    return `${base}|${f.taken_after}|${f.taken_before}|${f.path_prefix}|${els.captions.checked}`;
+    return `${base}|${q.closest ? "closest" : ""}|${f.taken_after}|${f.taken_before}|${f.path_prefix}|${els.captions.checked}`;
   }
   let lastRunKey = "";
 
@@ -555,9 +564,12 @@
   function renderSummary(data) {
     const n = state.hits.length;
     if (n === 0) {
-      showEmpty("nomatch");
-      const cutoff = data && typeof data.cutoff === "number" ? ` (nothing scored above ${data.cutoff.toFixed(3)})` : "";
-      setStatus(`No photos match well${cutoff}.`, "nomatch");
+      const hidden = Boolean(data && data.cut_off) && !state.query.closest;
+      showEmpty(hidden ? "cutoff" : "nomatch");
+      setStatus(
+        hidden ? "No photo matches well enough to show." : data && data.notice ? data.notice : "No photos found.",
+        "nomatch",
+      );
       els.endNote.hidden = true;
       return;
     }
@@ -570,7 +582,8 @@
           ? ` like ${describeQuery(state.query)}`
           : "";
     const plural = n === 1 ? "photo" : "photos";
-    setStatus(`${fmtInt(n)}${state.done ? "" : "+"} ${plural}${what}${took}`);
+    const closest = state.query.closest ? "closest " : "";
+    setStatus(`${fmtInt(n)}${state.done ? "" : "+"} ${closest}${plural}${what}${took}`);
     if (state.done) {
       els.endNote.hidden = false;
       els.endNote.textContent = n > PAGE_SIZE ? `That's all — ${fmtInt(n)} photos.` : "That's all.";
@@ -949,6 +962,10 @@
     }
   });
   els.captions.checked = store.get(CAPTIONS_STORAGE) === "true";
+  els.showClosest.addEventListener("click", () => {
+    if (state.query) runQuery({ ...state.query, closest: true }, { history: "replace" });
+  });
+
   els.captions.addEventListener("change", () => {
     store.set(CAPTIONS_STORAGE, els.captions.checked ? "true" : "false");
     if (state.query) runQuery(state.query, { force: false });
