@@ -11,23 +11,21 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Protocol
 
 import numpy as np
 from sqlalchemy import ColumnElement, or_, select
 
 from indexer.db import Embedding, Image
-from indexer.encoder import ClipEncoder, Pixels
+from indexer.encoder import ClipEncoder
 from indexer.errors import HomeError, UnreadableImage
 from indexer.home import Home
 from indexer.imageio import DRAFT_OVERSAMPLE, content_hash, decode, read_file
-from indexer.scan import FileEntry, Root, normalise_roots, scan, under
-from indexer.types import Failure, ImageMeta, IndexReport
+from indexer.scan import Root, normalise_roots, scan, under
+from indexer.types import Failure, FileEntry, IndexReport, Job, Prepared
 from indexer.writer import Writer
 
 log = logging.getLogger(__name__)
-
-Kind = Literal["new", "changed", "reembed"]
 
 #: Seconds between saves of the FAISS index during a long run (it is also saved at the end).
 CHECKPOINT_SECONDS = 120.0
@@ -40,25 +38,6 @@ class ProgressSink(Protocol):
 
     def start(self, total: int) -> None: ...
     def advance(self, n: int) -> None: ...
-
-
-@dataclass(slots=True)
-class Job:
-    """A file that must be read: new, changed, or lacking an embedding for this model."""
-
-    entry: FileEntry
-    kind: Kind
-    row_id: int | None = None
-
-
-@dataclass(slots=True)
-class Prepared:
-    """A job after the read stage: hashed, and decoded unless its content is known."""
-
-    job: Job
-    content_hash: str
-    meta: ImageMeta | None = None
-    pixels: Pixels | None = None
 
 
 @dataclass(slots=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy import delete, select
@@ -12,11 +11,8 @@ from sqlalchemy.orm import Session
 
 from indexer.db import Caption, Embedding, Image, Model
 from indexer.home import Home
-from indexer.types import Embeddings, ImageMeta, IndexReport
+from indexer.types import Embeddings, ImageMeta, IndexReport, Prepared
 from indexer.vectors import VectorIndex
-
-if TYPE_CHECKING:
-    from indexer.pipeline import Prepared
 
 log = logging.getLogger(__name__)
 
