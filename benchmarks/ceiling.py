@@ -86,9 +86,8 @@ def model_speed(encoder: ClipEncoder, batch: int = 64, seconds: float = 8.0) -> 
 
 def read_ms(paths: list[Path], encoder: ClipEncoder, max_pixels: int = 10**9) -> float:
     """CPU ms per photo of pixsearch's read stage (read, hash, reduced-scale decode, resize)."""
-    from indexer.pipeline import Job, read
-    from indexer.scan import FileEntry
-    from indexer.types import Failure
+    from indexer.pipeline import read
+    from indexer.types import Failure, FileEntry, Job
 
     start = time.process_time()
     for path in paths:

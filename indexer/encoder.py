@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import numpy.typing as npt
 
 from indexer.errors import ModelUnavailable
 from indexer.packed import pack_for_cpu
-from indexer.types import Embeddings
+from indexer.types import Embeddings, Pixels
 
 if TYPE_CHECKING:
     import torch
@@ -39,9 +38,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # than the resize), about which torch warns once per process. (catch_warnings around the
 # call would not be thread-safe, and the readers are threads.)
 warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
-
-#: A batch of prepared pictures: (n, S, S, 3) uint8, already resized and cropped.
-Pixels = npt.NDArray[np.uint8]
 
 
 def cpu_has_bf16() -> bool:

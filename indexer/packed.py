@@ -8,8 +8,10 @@ the measured GEMM peak), and small-batch text encoding up to 2x faster
 (benchmarks/bench_index.py, bench_query.py). These are the kernels torch.compile's CPU backend
 itself emits after freezing, without its ~15-30 s compile.
 
-The rewrite changes no weights; `pack_for_cpu` checks the kernels against plain torch first
-and leaves the model as it is if they are missing or disagree.
+The rewrite changes no weights; `pack_for_cpu` first checks every packed operation (linear,
+linear with either GELU, attention with and without a mask) against plain torch in the model's
+dtype, and leaves the model as it is, with a warning naming the operation, if the kernels are
+missing or any of them disagrees.
 """
 
 from __future__ import annotations
@@ -162,26 +164,77 @@ def _additive_mask(
 
 
 def kernels_work(dtype: torch.dtype) -> bool:
-    """Whether the packed kernels exist here and agree with plain torch in `dtype`."""
+    """Whether the packed kernels exist here and every packed operation agrees with plain
+    torch in `dtype` (linear, linear with either GELU, attention with and without a mask)."""
     import torch
 
     if not torch.backends.mkldnn.is_available():
+        log.info("this torch build has no oneDNN: using plain torch")
         return False
     try:
-        packed_linear, _ = _modules()
-        gen = torch.Generator().manual_seed(0)
-        x = torch.randn(5, 3, 64, generator=gen).to(dtype)
-        lin = torch.nn.Linear(64, 96).to(dtype)
-        want = torch.nn.functional.gelu(lin(x)).float()
-        got = packed_linear(lin.weight, lin.bias, gelu="none")(x).float()
-    except (RuntimeError, AttributeError, TypeError) as exc:
-        log.info("packed CPU kernels unavailable (%s): using plain torch", exc)
+        wrong = _disagreement(dtype)
+    except (RuntimeError, AttributeError, TypeError, NotImplementedError) as exc:
+        log.info("packed CPU kernels unavailable in %s (%s): using plain torch", dtype, exc)
         return False
+    if wrong is not None:
+        log.warning(
+            "packed CPU kernel for %s disagrees with plain torch in %s: using plain torch",
+            wrong,
+            dtype,
+        )
+        return False
+    return True
+
+
+def _disagreement(dtype: torch.dtype) -> str | None:
+    """The first packed operation whose answer in `dtype` differs from plain torch's (run in
+    float32 on the same rounded weights and inputs), or None when all agree."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    packed_linear, packed_attention = _modules()
+    # bf16 keeps 8 bits of mantissa: its products and sums drift by ~1e-2 at these sizes.
     tol = 1e-4 if dtype == torch.float32 else 3e-2
-    ok = bool(torch.allclose(got, want, atol=tol, rtol=tol))
-    if not ok:
-        log.warning("packed CPU kernels disagree with plain torch: using plain torch")
-    return ok
+
+    def agree(got: torch.Tensor, want: torch.Tensor) -> bool:
+        return bool(torch.allclose(got.float(), want, atol=tol, rtol=tol))
+
+    # Seeded inside a fork: loading a model must not move the caller's random state.
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(0)
+        x = torch.randn(5, 3, 64).to(dtype)
+        weight, bias = (torch.randn(96, 64) / 8).to(dtype), (torch.randn(96) / 8).to(dtype)
+        plain = F.linear(x.float(), weight.float(), bias.float())
+        if not agree(packed_linear(weight, bias)(x), plain):
+            return "linear"
+        for approximate in ("none", "tanh"):
+            want = F.gelu(plain, approximate=approximate)
+            if not agree(packed_linear(weight, bias, gelu=approximate)(x), want):
+                return f"linear + GELU ({approximate})"
+        # As open_clip's towers call it: batch first, no weights, a float causal mask in text.
+        mha = nn.MultiheadAttention(64, 4, batch_first=True).eval().to(dtype)
+        reference = copy.deepcopy(mha).float()
+        packed = packed_attention(mha)
+        causal = torch.full((3, 3), float("-inf")).triu(1)
+        y = torch.randn(5, 4, 64).to(dtype)
+        cases = {
+            "attention": (x, x, None),
+            "attention with a causal mask": (x, x, causal),
+            "cross-attention": (x, y, None),
+        }
+        for name, (q, kv, mask) in cases.items():
+            got, _ = packed(q, kv, kv, need_weights=False, attn_mask=mask)
+            # need_weights=True: the reference takes torch's explicit softmax path, not the
+            # fused kernel the packed module uses.
+            want, _ = reference(
+                q.float(), kv.float(), kv.float(), need_weights=True, attn_mask=mask
+            )
+            if not agree(got, want):
+                return name
+    return None
 
 
 def pack_for_cpu(model: nn.Module) -> int:

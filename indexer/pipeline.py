@@ -11,23 +11,21 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Protocol
 
 import numpy as np
 from sqlalchemy import ColumnElement, or_, select
 
 from indexer.db import Embedding, Image
-from indexer.encoder import ClipEncoder, Pixels
+from indexer.encoder import ClipEncoder
 from indexer.errors import HomeError, UnreadableImage
 from indexer.home import Home
 from indexer.imageio import DRAFT_OVERSAMPLE, content_hash, decode, read_file
-from indexer.scan import FileEntry, Root, normalise_roots, scan, under
-from indexer.types import Failure, ImageMeta, IndexReport
+from indexer.scan import Root, normalise_roots, scan, under
+from indexer.types import Failure, FileEntry, IndexReport, Job, Prepared
 from indexer.writer import Writer
 
 log = logging.getLogger(__name__)
-
-Kind = Literal["new", "changed", "reembed"]
 
 #: Seconds between saves of the FAISS index during a long run (it is also saved at the end).
 CHECKPOINT_SECONDS = 120.0
@@ -40,25 +38,6 @@ class ProgressSink(Protocol):
 
     def start(self, total: int) -> None: ...
     def advance(self, n: int) -> None: ...
-
-
-@dataclass(slots=True)
-class Job:
-    """A file that must be read: new, changed, or lacking an embedding for this model."""
-
-    entry: FileEntry
-    kind: Kind
-    row_id: int | None = None
-
-
-@dataclass(slots=True)
-class Prepared:
-    """A job after the read stage: hashed, and decoded unless its content is known."""
-
-    job: Job
-    content_hash: str
-    meta: ImageMeta | None = None
-    pixels: Pixels | None = None
 
 
 @dataclass(slots=True)
@@ -221,10 +200,14 @@ class Indexer:
         model = self.home.model_row(self.encoder.key)
         if model is None:
             return set()
+        # Content counts as known only while an image row uses it: an embedding left without
+        # one (by a killed run) has no metadata to copy, so its files must be read in full.
+        used = select(Image.content_hash)
+        stmt = select(Embedding.content_hash).where(
+            Embedding.model_id == model.id, Embedding.content_hash.in_(used)
+        )
         with self.home.engine.connect() as conn:
-            return set(
-                conn.scalars(select(Embedding.content_hash).where(Embedding.model_id == model.id))
-            )
+            return set(conn.scalars(stmt))
 
     def run(self, paths: Sequence[str | os.PathLike[str]]) -> IndexReport:
         """Index the files under `paths`: add new, update changed, follow moves, drop deleted."""
@@ -281,11 +264,11 @@ class Indexer:
             batch.append(result)
             decoded += result.pixels is not None
             if decoded >= target or len(batch) >= 4 * self.settings.batch_size:
-                self._flush(batch, writer)
+                self._flush(batch, writer, report)
                 batch, decoded = [], 0
                 target = min(self.settings.batch_size, 2 * target)
         if batch:
-            self._flush(batch, writer)
+            self._flush(batch, writer, report)
 
     def _read_stage(self, jobs: list[Job], embedded: set[str]) -> Iterator[Prepared | Failure]:
         workers = self.settings.workers or os.cpu_count() or 1
@@ -307,17 +290,37 @@ class Indexer:
                 for fut in pending:
                     fut.cancel()
 
-    def _flush(self, batch: list[Prepared], writer: Writer) -> None:
+    def _flush(self, batch: list[Prepared], writer: Writer, report: IndexReport) -> None:
+        unplaced = self._write(batch, writer)
+        if unplaced:
+            # Their content's only row changed or went earlier in this run: no twin is left
+            # to copy from, so they are read in full like new files.
+            log.info("%d file(s) lost their indexed twin during the run: decoding", len(unplaced))
+            limit = self.settings.max_image_pixels
+            again: list[Prepared] = []
+            for p in unplaced:
+                result = read(p.job, set(), self.encoder, limit)
+                if isinstance(result, Failure):
+                    report.failed.append(result)
+                else:
+                    again.append(result)
+            # Decoded items carry their own metadata and vector; none can be left over, but
+            # a file must never vanish from a run without a word.
+            lost = self._write(again, writer) if again else []
+            report.failed.extend(Failure(p.job.entry.path, "could not be stored") for p in lost)
+        self._advance(len(batch))
+
+    def _write(self, batch: list[Prepared], writer: Writer) -> list[Prepared]:
         with_pixels = [p for p in batch if p.pixels is not None]
         vectors = (
             self.encoder.embed_pixels(np.stack([p.pixels for p in with_pixels]))  # type: ignore[misc]
             if with_pixels
             else None
         )
-        writer.write(batch, with_pixels, vectors)
+        unplaced = writer.write(batch, with_pixels, vectors)
         # Later copies of the same content in this run need no decoding either.
         self._embedded.update(p.content_hash for p in with_pixels)
-        self._advance(len(batch))
+        return unplaced
 
     def _advance(self, n: int) -> None:
         if self.progress is not None:

@@ -9,18 +9,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from indexer.imageio import IMAGE_EXTENSIONS
-from indexer.types import Failure
+from indexer.types import Failure, FileEntry
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class FileEntry:
-    """An image file found on disk, with what is needed to tell if it changed."""
-
-    path: str
-    size: int
-    mtime_ns: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
 #: (n, d) float32, one L2-normalised row per item.
 Embeddings = npt.NDArray[np.float32]
+
+#: A batch of prepared pictures: (n, S, S, 3) uint8, already resized and cropped.
+Pixels = npt.NDArray[np.uint8]
+
+#: Why a file must be read: not indexed yet, changed on disk, or no embedding for this model.
+Kind = Literal["new", "changed", "reembed"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +31,34 @@ class ImageMeta:
     camera_model: str | None = None
     gps_lat: float | None = None
     gps_lon: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    """An image file found on disk, with what is needed to tell if it changed."""
+
+    path: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(slots=True)
+class Job:
+    """A file that must be read: new, changed, or lacking an embedding for this model."""
+
+    entry: FileEntry
+    kind: Kind
+    row_id: int | None = None
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A job after the read stage: hashed, and decoded unless its content is known."""
+
+    job: Job
+    content_hash: str
+    meta: ImageMeta | None = None
+    pixels: Pixels | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy import delete, select
@@ -12,11 +11,8 @@ from sqlalchemy.orm import Session
 
 from indexer.db import Caption, Embedding, Image, Model
 from indexer.home import Home
-from indexer.types import Embeddings, ImageMeta, IndexReport
+from indexer.types import Embeddings, ImageMeta, IndexReport, Prepared
 from indexer.vectors import VectorIndex
-
-if TYPE_CHECKING:
-    from indexer.pipeline import Prepared
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +63,13 @@ class Writer:
 
     def write(
         self, batch: list[Prepared], embedded: list[Prepared], vectors: Embeddings | None
-    ) -> None:
-        """Store one batch in a single transaction, then update the index."""
+    ) -> list[Prepared]:
+        """Store one batch in a single transaction, then update the index.
+
+        Returns the items that came without pixels and whose content has no stored twin any
+        more (no row to copy metadata from, or no embedding): they are not written, and the
+        caller must decode and embed them.
+        """
         dim = self.model.dim
         fresh = (
             {p.content_hash: vectors[i] for i, p in enumerate(embedded)}
@@ -76,38 +77,37 @@ class Writer:
             else {}
         )
         touched: list[int] = []
+        vecs: list[np.ndarray] = []
+        unplaced: list[Prepared] = []
         with self.home.session() as s, s.begin():
-            if fresh:
-                self._store_embeddings(s, fresh)
-            known = self._known(s, [p for p in batch if p.content_hash not in fresh], dim)
+            inserted = self._store_embeddings(s, fresh) if fresh else set()
+            # Content embedded before keeps its stored vector, so the index and the database
+            # agree even when this run's vector differs in the last bits.
+            known = self._known(s, [p for p in batch if p.content_hash not in inserted], dim)
             metas = self._metas(s, [p for p in batch if p.meta is None])
             now = self.home.now()
             for p in batch:
                 meta = p.meta or metas.get(p.content_hash)
-                if meta is None:  # its twin vanished meanwhile; the next run embeds it
+                vec = (
+                    fresh[p.content_hash]
+                    if p.content_hash in inserted
+                    else known.get(p.content_hash)
+                )
+                if meta is None or vec is None:
+                    unplaced.append(p)
                     continue
-                row_id = self._upsert(s, p, meta, now)
-                touched.append(row_id)
+                touched.append(self._upsert(s, p, meta, now))
+                vecs.append(vec)
             self.home.bump_generation(s)
-            ids = np.asarray(touched, np.int64)
-        vecs = (
-            np.stack(
-                [
-                    fresh[p.content_hash] if p.content_hash in fresh else known[p.content_hash]
-                    for p in batch
-                    if (p.meta or metas.get(p.content_hash)) is not None
-                ]
-            )
-            if touched
-            else np.zeros((0, dim), np.float32)
-        )
+        ids = np.asarray(touched, np.int64)
         # Rows that existed may already be in the index with an older vector.
         self.index.remove(ids)
-        self.index.add(ids, vecs)
+        self.index.add(ids, np.stack(vecs) if vecs else np.zeros((0, dim), np.float32))
         self._dirty = True
         if time.monotonic() - self._last_save > self._checkpoint:
             self.rebuild_if_outgrown()
             self.save()
+        return unplaced
 
     def _upsert(self, s: Session, p: Prepared, meta: ImageMeta, now: object) -> int:
         entry = p.job.entry
@@ -139,7 +139,8 @@ class Writer:
         s.flush()
         return row.id
 
-    def _store_embeddings(self, s: Session, fresh: dict[str, np.ndarray]) -> None:
+    def _store_embeddings(self, s: Session, fresh: dict[str, np.ndarray]) -> set[str]:
+        """Insert the vectors of content not stored yet; returns the hashes inserted."""
         have = set(
             s.scalars(
                 select(Embedding.content_hash).where(
@@ -156,6 +157,7 @@ class Writer:
                         vector=np.asarray(vec, np.float32).tobytes(),
                     )
                 )
+        return set(fresh) - have
 
     def _known(self, s: Session, items: list[Prepared], dim: int) -> dict[str, np.ndarray]:
         digests = list({p.content_hash for p in items})
@@ -182,22 +184,24 @@ class Writer:
         return out
 
     def finish(self) -> None:
-        """Drop rows of files gone from disk, and embeddings no row uses any more."""
+        """Drop the rows of files gone from disk, and the embeddings and captions no row uses
+        any more, in one transaction: a kill midway must not leave an embedding without its
+        row, which would pass for indexed content that has no metadata."""
         ids = sorted(self.missing)
-        if ids:
+        if ids or self.report.updated:
             with self.home.session() as s, s.begin():
                 for start in range(0, len(ids), 900):
                     s.execute(delete(Image).where(Image.id.in_(ids[start : start + 900])))
-                self.home.bump_generation(s)
+                used = select(Image.content_hash)
+                s.execute(delete(Embedding).where(Embedding.content_hash.not_in(used)))
+                s.execute(delete(Caption).where(Caption.content_hash.not_in(used)))
+                if ids:
+                    self.home.bump_generation(s)
+        if ids:
             self.index.remove(np.asarray(ids, np.int64))
             self.report.removed += len(ids)
             self.missing.clear()
             self._dirty = True
-        if ids or self.report.updated:
-            with self.home.session() as s, s.begin():
-                used = select(Image.content_hash)
-                s.execute(delete(Embedding).where(Embedding.content_hash.not_in(used)))
-                s.execute(delete(Caption).where(Caption.content_hash.not_in(used)))
         self.rebuild_if_outgrown()
 
     def rebuild_if_outgrown(self) -> None:

@@ -2,17 +2,77 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from indexer.encoder import ClipEncoder
+from indexer.encoder import ClipEncoder, cpu_has_bf16
 from indexer.packed import kernels_work, pack_for_cpu
 
+# Only a torch built without oneDNN lacks the kernels; kernels that exist but disagree with
+# torch must fail these tests, never skip them.
 pytestmark = pytest.mark.skipif(
-    not kernels_work(torch.float32), reason="oneDNN packed kernels not available here"
+    not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)"
 )
+
+
+def test_the_kernels_agree_with_torch_here() -> None:
+    assert kernels_work(torch.float32) is True
+    if cpu_has_bf16():  # elsewhere bf16 is emulated, and may legitimately be refused
+        assert kernels_work(torch.bfloat16) is True
+
+
+def _wrong_linear(monkeypatch: pytest.MonkeyPatch, attr: str, algorithm: str) -> None:
+    """Make the packed linear kernel slightly wrong for one fused activation only."""
+    ops = torch.ops.mkldnn
+    real = ops._linear_pointwise
+
+    def wrong(x, w, b, a, scalars, alg):  # type: ignore[no-untyped-def]
+        out = real(x, w, b, a, scalars, alg)
+        return out + 1e-3 if (a, alg) == (attr, algorithm) else out
+
+    monkeypatch.setattr(ops, "_linear_pointwise", wrong)
+
+
+def _wrong_attention(monkeypatch: pytest.MonkeyPatch, masked: bool) -> None:
+    """Make the fused attention kernel slightly wrong, with a mask or without one only."""
+    real = F.scaled_dot_product_attention
+
+    def wrong(q, k, v, attn_mask=None, **kwargs):  # type: ignore[no-untyped-def]
+        out = real(q, k, v, attn_mask=attn_mask, **kwargs)
+        return out + 1e-3 if (attn_mask is not None) == masked else out
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", wrong)
+
+
+@pytest.mark.parametrize(
+    ("broken", "named"),
+    [
+        (lambda mp: _wrong_linear(mp, "none", ""), "linear"),
+        (lambda mp: _wrong_linear(mp, "gelu", "none"), "linear + GELU (none)"),
+        (lambda mp: _wrong_linear(mp, "gelu", "tanh"), "linear + GELU (tanh)"),
+        (lambda mp: _wrong_attention(mp, masked=False), "attention"),
+        (lambda mp: _wrong_attention(mp, masked=True), "attention with a causal mask"),
+    ],
+    ids=["linear", "gelu", "gelu-tanh", "attention", "masked-attention"],
+)
+def test_a_wrong_kernel_leaves_the_model_unpacked(
+    broken, named: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken(monkeypatch)
+    assert kernels_work(torch.float32) is False
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(16, 32), nn.GELU("tanh"), nn.Linear(32, 32), nn.MultiheadAttention(32, 4)
+    ).eval()
+    with caplog.at_level(logging.WARNING, logger="indexer.packed"):
+        assert pack_for_cpu(model) == 0
+    assert [type(m) for m in model] == [nn.Linear, nn.GELU, nn.Linear, nn.MultiheadAttention]
+    assert f"packed CPU kernel for {named} disagrees" in caplog.text
 
 
 def _attention(batch_first: bool) -> nn.MultiheadAttention:
