@@ -36,6 +36,10 @@ class VisionEncoderDecoderKind:
 class VitGpt2Captioner:
     """nlpconnect/vit-gpt2-image-captioning and models like it, with beam search."""
 
+    #: It reads the image files, so any CLIP model may index them.
+    clip_model: str | None = None
+    clip_dim: int | None = None
+
     def __init__(
         self, source: str, device: str = "cpu", num_beams: int = 4, max_new_tokens: int = 20
     ) -> None:
