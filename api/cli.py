@@ -141,14 +141,15 @@ def index(
     if workers is not None:
         extra["workers"] = workers
     cfg = settings(**extra)
+    encoder = get_encoder(cfg)
     captioner = None
     if captions:
-        # Loaded first, so a missing captioner fails before any work is done.
-        captioner = load_captioner(cfg.captioner)
+        # Loaded first, so a missing captioner, or one made for another CLIP, fails before
+        # any work is done.
+        captioner = load_captioner(cfg.captioner, clip_model=encoder.key, clip_dim=encoder.dim)
         if captioner is None:
             raise InvalidInput("--captions needs a captioner: set PIXSEARCH_CAPTIONER")
     home = Home(cfg)
-    encoder = get_encoder(cfg)
     bar = _Bar() if sys.stderr.isatty() else None
     try:
         report = Indexer(home, encoder, progress=bar).run([str(p) for p in paths])
@@ -158,7 +159,8 @@ def index(
     if captioner is not None:
         model = home.model_row(encoder.key)
         if model is not None:
-            made = caption_missing(home, CaptionStore(home, captioner), model.id, model.dim)
+            store = CaptionStore(home, captioner, encoder.key)
+            made = caption_missing(home, store, model.id, model.dim)
             log.info("captioned %d images with %s", made, captioner.name)
     if as_json:
         typer.echo(json.dumps(report.to_dict()))

@@ -34,9 +34,11 @@ class Service:
         encoder = get_encoder(settings).load()
         captions, error = None, None
         try:
-            captioner = load_captioner(settings.captioner, encoder.device)
+            captioner = load_captioner(
+                settings.captioner, encoder.device, clip_model=encoder.key, clip_dim=encoder.dim
+            )
             if captioner is not None:
-                captions = CaptionService(home, captioner)
+                captions = CaptionService(home, captioner, encoder.key)
         except ModelUnavailable as exc:
             error = str(exc)
             log.warning("%s; search works without captions", exc)

@@ -225,8 +225,8 @@ def page_of_hits(home: Any, model: Any, count: int) -> tuple[list[Any], Any]:
     return hits, vecs
 
 
-def forget_captions(home: Any, captioner: Any, hashes: Sequence[str]) -> None:
-    """Delete these contents' stored captions of this captioner."""
+def forget_captions(home: Any, store: Any, hashes: Sequence[str]) -> None:
+    """Delete these contents' stored captions of this store's captioner."""
     from sqlalchemy import delete
 
     from indexer.db import Caption
@@ -234,7 +234,7 @@ def forget_captions(home: Any, captioner: Any, hashes: Sequence[str]) -> None:
     with home.session() as s, s.begin():
         s.execute(
             delete(Caption).where(
-                Caption.captioner == captioner.name, Caption.content_hash.in_(list(hashes))
+                Caption.captioner == store.key, Caption.content_hash.in_(list(hashes))
             )
         )
 
@@ -257,22 +257,22 @@ def measure(label: str, captioner: Any, home: Any, model: Any, probe: Probe | No
     batch = param.default if param is not None else "?"
     phases: list[dict[str, Any]] = []
     detail: dict[str, Any] = {}
+    # captions from vectors are stored per CLIP model: the one that indexed this home
+    store = CaptionStore(home, captioner, model.name)
 
     # first time: what `pixsearch index --captions` runs
     common.log(f"{label}: caption_missing over the collection")
     if probe:
         probe.reset()
-    seconds, made = timeit(
-        lambda: caption_missing(home, CaptionStore(home, captioner), model.id, model.dim)
-    )
+    seconds, made = timeit(lambda: caption_missing(home, store, model.id, model.dim))
     phases.append(_phase(f"first time: caption_missing (batch {batch})", made, seconds))
     if probe:
         detail["first_time"] = probe.summary()
 
     # on demand: a page of hits with no stored caption, what POST /search captions:true pays
     hits, vecs = page_of_hits(home, model, PAGE)
-    forget_captions(home, captioner, [h.content_hash for h in hits])
-    service = CaptionService(home, captioner)
+    service = CaptionService(home, captioner, model.name)
+    forget_captions(home, store, [h.content_hash for h in hits])
     common.log(f"{label}: for_hits on a page of {len(hits)} uncaptioned hits")
     if probe:
         probe.reset()
@@ -293,9 +293,7 @@ def measure(label: str, captioner: Any, home: Any, model: Any, probe: Probe | No
             raise SystemExit(f"{label}: the cached captions differ")
     name = f"cached: for_hits, page of {len(hits)} (median of {len(times)})"
     phases.append(_phase(name, len(hits), statistics.median(times)))
-    seconds, made = timeit(
-        lambda: caption_missing(home, CaptionStore(home, captioner), model.id, model.dim)
-    )
+    seconds, made = timeit(lambda: caption_missing(home, store, model.id, model.dim))
     if made:
         raise SystemExit(f"{label}: caption_missing found {made} uncaptioned images")
     phases.append(_phase("cached: caption_missing, nothing to do", 0, seconds))

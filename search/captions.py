@@ -18,16 +18,19 @@ log = logging.getLogger(__name__)
 
 
 class CaptionService:
-    """Captions, caption likelihoods and caption keywords for one home and captioner."""
+    """Captions, caption likelihoods and caption keywords for one home and captioner.
 
-    def __init__(self, home: Home, captioner: Captioner) -> None:
+    `clip_key` is the key of the CLIP model whose stored embeddings the methods are given.
+    """
+
+    def __init__(self, home: Home, captioner: Captioner, clip_key: str) -> None:
         self.home = home
         self.captioner = captioner
-        self.store = CaptionStore(home, captioner)
+        self.store = CaptionStore(home, captioner, clip_key)
 
     @property
     def name(self) -> str:
-        """The captioner's stored name."""
+        """The captioner's name."""
         return self.captioner.name
 
     def for_hits(self, hits: Sequence[Hit], vectors: Embeddings) -> list[Hit]:

@@ -133,8 +133,12 @@ def evaluate(
             log.warning("%d images could not be indexed", len(report.failed))
         with h.session() as s:
             ids: dict[Path, int] = {Path(p): i for p, i in s.execute(select(Image.path, Image.id))}
-        captioner = load_captioner(cfg.captioner) if captions else None
-        service = CaptionService(h, captioner) if captioner is not None else None
+        captioner = (
+            load_captioner(cfg.captioner, clip_model=encoder.key, clip_dim=encoder.dim)
+            if captions
+            else None
+        )
+        service = CaptionService(h, captioner, encoder.key) if captioner is not None else None
         searcher = Searcher(h, encoder, service)
         model = searcher.model()
         queries = [(ids[p], text) for p, texts in ds.captions.items() if p in ids for text in texts]

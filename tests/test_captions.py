@@ -13,7 +13,7 @@ from api.server import create_app
 from indexer.db import Caption
 from indexer.home import Home
 from indexer.settings import Settings
-from tests.fakes import build_tiny_captioner
+from tests.fakes import SENTENCES, build_tiny_captioner
 from tests.helpers import run_cli
 
 
@@ -75,6 +75,15 @@ def test_generative_rerank_reorders_the_top(client: TestClient) -> None:
     assert {h["id"] for h in gen} == {h["id"] for h in base}
     res = client.post("/search", json={"image_id": base[0]["id"], "rerank": "generative"})
     assert res.status_code == 400 and "text" in res.json()["detail"]
+
+
+def test_generative_rerank_of_a_query_longer_than_the_decoder(client: TestClient) -> None:
+    # The tiny decoder has 64 positions; 1000 characters are a few hundred tokens.
+    text = " ".join(SENTENCES)[:1000]
+    body = {"text": text, "k": 5, "cutoff": False, "rerank": "generative"}
+    res = client.post("/search", json=body)
+    assert res.status_code == 200, res.text
+    assert len(res.json()["results"]) == 5
 
 
 def test_index_with_captions_fills_the_store(

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer.db import SCHEMA_REVISION
 from indexer.home import Home
 from indexer.settings import Settings
 from indexer.vectors import VectorIndex
@@ -224,4 +225,5 @@ db.upgrade(db.make_engine({url!r}))
     assert home.libraries() == []
     with sqlite3.connect(tmp_path / "home" / "pixsearch.db") as conn:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0002",)]
+        version = conn.execute("SELECT version_num FROM alembic_version").fetchall()
+        assert version == [(SCHEMA_REVISION,)]

@@ -59,11 +59,51 @@ def test_old_database_is_migrated_in_place_with_nothing_lost(tmp_path: Path) -> 
         )
         s.commit()
     with home.engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        version = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        assert version == db.SCHEMA_REVISION
         hit = conn.execute(
             text("SELECT rowid FROM captions_fts WHERE captions_fts MATCH 'bicycle'")
         ).all()
         assert len(hit) == 1
+
+
+def test_0003_drops_clipcap_captions_keyed_without_their_clip(tmp_path: Path) -> None:
+    """ClipCap captions of schema 0002 (`clipcap:<folder>`) may sit on the wrong photos: gone."""
+    from alembic import command
+    from sqlalchemy import select
+
+    from indexer.db import Caption
+
+    home_dir = tmp_path / "home"
+    home_dir.mkdir()
+    url = f"sqlite:///{home_dir / 'pixsearch.db'}"
+    command.upgrade(db.alembic_config(url), "0002")  # type: ignore[arg-type]
+    old = [
+        ("a" * 32, "clipcap:tiny_captioner", "a purple pentagon"),
+        ("b" * 32, "vision-encoder-decoder:vit-gpt2", "a red bicycle"),
+    ]
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        for digest, captioner, words in old:
+            conn.execute(
+                text(
+                    "INSERT INTO captions (content_hash, captioner, text, created_at) "
+                    "VALUES (:h, :c, :t, '2026-11-30 12:00:00')"
+                ),
+                {"h": digest, "c": captioner, "t": words},
+            )
+        matches = "SELECT count(*) FROM captions_fts WHERE captions_fts MATCH :w"
+        assert conn.execute(text(matches), {"w": "pentagon"}).scalar() == 1
+    engine.dispose()
+    home = Home(Settings(home=home_dir))  # opening the home upgrades it
+    with home.session() as s:
+        kept = [(c.content_hash, c.captioner, c.text) for c in s.scalars(select(Caption))]
+    assert kept == [old[1]]
+    with home.engine.connect() as conn:
+        assert conn.execute(text(matches), {"w": "pentagon"}).scalar() == 0
+        assert conn.execute(text(matches), {"w": "bicycle"}).scalar() == 1
+        version = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        assert version == db.SCHEMA_REVISION
 
 
 def test_the_alembic_command_line_works_too(tmp_path: Path) -> None:

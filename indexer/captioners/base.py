@@ -25,8 +25,19 @@ log = logging.getLogger(__name__)
 class Captioner(Protocol):
     """Writes captions for images, and scores how likely a text is as an image's caption."""
 
-    #: Stored with each caption, so that captions of different captioners never mix.
+    #: Names the captioner; with the CLIP key for vector-based ones, keys its stored captions.
     name: str
+
+    @property
+    def clip_model(self) -> str | None:
+        """The CLIP whose embeddings it reads, as its config names it (`ARCH` or
+        `ARCH/WEIGHTS`); None for a captioner that reads the image files."""
+        ...
+
+    @property
+    def clip_dim(self) -> int | None:
+        """The dimension of those embeddings (None when it reads the image files)."""
+        ...
 
     def caption(self, paths: Sequence[str], embeddings: Embeddings) -> list[str]:
         """One caption per image (given both its file and its stored CLIP embedding)."""
@@ -68,19 +79,68 @@ def _import_builtin() -> None:
     from indexer.captioners import clipcap_kind, vitgpt2  # noqa: F401  (they register)
 
 
-def load_captioner(spec: str, device: str = "cpu") -> Captioner | None:
-    """The captioner that `spec` names (`none` for none); `ModelUnavailable` if it can't load."""
+def load_captioner(
+    spec: str, device: str = "cpu", clip_model: str | None = None, clip_dim: int | None = None
+) -> Captioner | None:
+    """The captioner that `spec` names (`none` for none); `ModelUnavailable` if it can't load.
+
+    With `clip_model` (the encoder's key, `ARCH/WEIGHTS`) and `clip_dim`, a captioner that
+    reads CLIP embeddings must have been trained for that CLIP, else `ModelUnavailable`.
+    """
     spec = spec.strip()
     if not spec or spec.lower() == "none":
         return None
     _import_builtin()
     kind_name, _, rest = spec.partition(":")
     if rest and kind_name in _REGISTRY and not Path(spec).exists():
-        return _REGISTRY[kind_name].build(rest, device)
-    for kind in _REGISTRY.values():
-        if kind.accepts(spec):
-            return kind.build(spec, device)
-    raise ModelUnavailable(f"no captioner kind accepts '{spec}' (kinds: {', '.join(_REGISTRY)})")
+        captioner = _REGISTRY[kind_name].build(rest, device)
+    else:
+        kind = next((k for k in _REGISTRY.values() if k.accepts(spec)), None)
+        if kind is None:
+            raise ModelUnavailable(
+                f"no captioner kind accepts '{spec}' (kinds: {', '.join(_REGISTRY)})"
+            )
+        captioner = kind.build(spec, device)
+    if clip_model is not None:
+        check_clip(spec, captioner, clip_model, clip_dim)
+    return captioner
+
+
+def clip_matches(trained_for: str, key: str) -> bool:
+    """Whether a captioner trained for `trained_for` reads the vectors of the CLIP `key`.
+
+    `key` is an encoder key, `ARCH/WEIGHTS`; `trained_for` names the architecture alone
+    (any weights of it are accepted) or the architecture and weights, as the key does.
+    """
+    arch = key.rpartition("/")[0]  # the weights part never holds a '/'; a hub name may
+    return trained_for in (arch, key)
+
+
+def check_clip(spec: str, captioner: Captioner, key: str, dim: int | None = None) -> None:
+    """Refuse a vector-based captioner trained for another CLIP than `key` (or dimension)."""
+    trained_for = captioner.clip_model
+    if trained_for is None:
+        return  # it reads the pixels: any CLIP will do
+    wrong_dim = dim is not None and captioner.clip_dim is not None and captioner.clip_dim != dim
+    if clip_matches(trained_for, key) and not wrong_dim:
+        return
+    if wrong_dim:
+        trained_for, key = f"{trained_for} ({captioner.clip_dim}-d)", f"{key} ({dim}-d)"
+    # Its captions would be decoded from another embedding space: fluent and wrong.
+    raise ModelUnavailable(
+        f"captioner {spec} was trained for CLIP {trained_for}, but pixsearch uses {key}; "
+        "use a captioner trained for this CLIP (PIXSEARCH_CAPTIONER), or set it to none"
+    )
+
+
+def caption_key(captioner: Captioner, clip_key: str) -> str:
+    """The `captioner` value stored with its captions.
+
+    Captions decoded from CLIP embeddings depend on which CLIP made them, so a vector-based
+    captioner's key names that CLIP too (`clipcap:folder@ARCH/WEIGHTS`); a captioner that
+    reads the image files keeps its plain name, whatever CLIP indexes them.
+    """
+    return captioner.name if captioner.clip_model is None else f"{captioner.name}@{clip_key}"
 
 
 def unavailable(spec: str, exc: BaseException) -> ModelUnavailable:
@@ -93,11 +153,16 @@ def unavailable(spec: str, exc: BaseException) -> ModelUnavailable:
 
 
 class CaptionStore:
-    """Captions kept in the database per (file content, captioner): never computed twice."""
+    """Captions kept in the database per (file content, captioner): never computed twice.
 
-    def __init__(self, home: Home, captioner: Captioner) -> None:
+    `clip_key` is the key of the CLIP whose embeddings are passed in; see `caption_key`.
+    """
+
+    def __init__(self, home: Home, captioner: Captioner, clip_key: str) -> None:
         self.home = home
         self.captioner = captioner
+        #: The `captioner` column of every caption this store reads and writes.
+        self.key = caption_key(captioner, clip_key)
         self._lock = threading.Lock()
 
     def get(self, hashes: Sequence[str]) -> dict[str, str]:
@@ -108,7 +173,7 @@ class CaptionStore:
             for start in range(0, len(unique), 900):
                 rows = s.execute(
                     select(Caption.content_hash, Caption.text).where(
-                        Caption.captioner == self.captioner.name,
+                        Caption.captioner == self.key,
                         Caption.content_hash.in_(unique[start : start + 900]),
                     )
                 )
@@ -137,7 +202,7 @@ class CaptionStore:
             return
         now = self.home.now()
         rows = [
-            {"content_hash": h, "captioner": self.captioner.name, "text": t, "created_at": now}
+            {"content_hash": h, "captioner": self.key, "text": t, "created_at": now}
             for h, t in captions.items()
         ]
         with self.home.session() as s, s.begin():
@@ -157,7 +222,7 @@ class CaptionStore:
             "WHERE captions_fts MATCH :m AND c.captioner = :cap ORDER BY rank LIMIT :n"
         )
         with self.home.engine.connect() as conn:
-            rows = conn.execute(stmt, {"m": match, "cap": self.captioner.name, "n": limit}).all()
+            rows = conn.execute(stmt, {"m": match, "cap": self.key, "n": limit}).all()
         if not rows:
             return {}
         best = min(r[1] for r in rows)  # bm25: lower is better, negative
@@ -167,11 +232,14 @@ class CaptionStore:
 def caption_missing(
     home: Home, store: CaptionStore, model_id: int, dim: int, batch: int = 16
 ) -> int:
-    """Caption every image that has no caption from this captioner yet; returns how many."""
+    """Caption every image that has no caption from this captioner yet; returns how many.
+
+    `model_id` and `dim` name the stored embeddings of the CLIP the store is keyed for.
+    """
     from indexer.db import Embedding, Image
 
     with home.session() as s:
-        done = select(Caption.content_hash).where(Caption.captioner == store.captioner.name)
+        done = select(Caption.content_hash).where(Caption.captioner == store.key)
         rows = s.execute(
             select(Image.content_hash, Image.path, Embedding.vector)
             .join(Embedding, Embedding.content_hash == Image.content_hash)

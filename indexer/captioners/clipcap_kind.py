@@ -37,8 +37,13 @@ class ClipCapAdapter:
 
     @property
     def clip_model(self) -> str:
-        """The CLIP model whose embeddings the captioner reads."""
+        """The CLIP model whose embeddings the captioner reads (checked by `load_captioner`)."""
         return self.impl.clip_model
+
+    @property
+    def clip_dim(self) -> int:
+        """The dimension of those embeddings."""
+        return self.impl.dim
 
     def caption(self, paths: Sequence[str], embeddings: Embeddings) -> list[str]:
         """Captions decoded from the embeddings."""

@@ -36,6 +36,10 @@ class VisionEncoderDecoderKind:
 class VitGpt2Captioner:
     """nlpconnect/vit-gpt2-image-captioning and models like it, with beam search."""
 
+    #: It reads the image files, so any CLIP model may index them.
+    clip_model: str | None = None
+    clip_dim: int | None = None
+
     def __init__(
         self, source: str, device: str = "cpu", num_beams: int = 4, max_new_tokens: int = 20
     ) -> None:
@@ -61,6 +65,13 @@ class VitGpt2Captioner:
             raise unavailable(self.source, exc) from None
         model.eval().to(self.device)
         return model, processor, tokenizer
+
+    @property
+    def max_positions(self) -> int | None:
+        """How many tokens the decoder can read (GPT-2's `n_positions`); None if unbounded."""
+        cfg = self._model.config.decoder
+        limit = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+        return int(limit) if limit else None
 
     def _pixels(self, paths: Sequence[str]) -> tuple[Any, list[bool]]:
         from PIL import Image
@@ -105,6 +116,10 @@ class VitGpt2Captioner:
         pv, _ = self._pixels(paths)
         ids = self._tokenizer(text, return_tensors="pt").input_ids.to(self.device)
         eos = self._tokenizer.eos_token_id
+        # The decoder has a fixed number of positions: a longer text would index past its
+        # position table, so it is cut to fit, keeping room for the end-of-text token.
+        if self.max_positions is not None:
+            ids = ids[:, : self.max_positions - (eos is not None)]
         if eos is not None:
             ids = torch.cat([ids, torch.tensor([[eos]], device=self.device)], dim=1)
         labels = ids.repeat(len(paths), 1)
