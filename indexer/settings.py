@@ -52,7 +52,7 @@ class Settings(BaseSettings):
         0.97, ge=0.5, le=1.0, description="Hits closer than this (cosine) collapse into one."
     )
     cutoff_z: float = Field(
-        2.05,
+        2.0,
         ge=0.0,
         le=50.0,
         description="Automatic cut-off for text queries: drop hits scoring below the query's "
