@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -51,18 +52,51 @@ def _global(
     ):
         if value is not None:
             _overrides[key] = value
+    _set_up_logging(verbose)
+
+
+#: Libraries that print their own logs: a handler of their own, and a level they set when first
+#: imported, from these variables (unless the user set them).
+_LIBRARY_VERBOSITY = {
+    "huggingface_hub": "HF_HUB_VERBOSITY",
+    "transformers": "TRANSFORMERS_VERBOSITY",
+}
+_USER_VERBOSITY = {var for var in _LIBRARY_VERBOSITY.values() if var in os.environ}
+
+
+def _printed_by_a_library(record: logging.LogRecord) -> bool:
+    """Whether a handler below the root (a library's own) has printed this record already."""
+    logger: logging.Logger | None = logging.getLogger(record.name)
+    while logger is not None and logger is not logging.root:
+        if logger.handlers:
+            return True
+        logger = logger.parent if logger.propagate else None
+    return False
+
+
+def _set_up_logging(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     root = logging.getLogger()
     if not root.handlers:  # an embedding program (or pytest) may have its own
         logging.basicConfig(format="pixsearch: %(levelname)s: %(message)s", stream=sys.stderr)
+        handler = root.handlers[0]
+        handler.addFilter(lambda r: not _printed_by_a_library(r))
         if verbose < 2:
             # open_clip logs its own failures on the root logger; pixsearch reports them
             # itself as one line, so its copy would only say the same thing twice.
-            root.handlers[0].addFilter(lambda r: "open_clip" not in r.pathname)
+            handler.addFilter(lambda r: "open_clip" not in r.pathname)
     root.setLevel(level)
     if verbose < 2:
-        for noisy in ("PIL", "urllib3", "huggingface_hub", "filelock"):
+        for noisy in ("PIL", "urllib3", "filelock"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+    # The hub client's retry warnings ("Retrying in 8s [Retry 4/5]") are noise next to
+    # pixsearch's own one-line error: by default only its errors show, -v shows warnings.
+    lib_level = "error" if verbose == 0 else "warning" if verbose == 1 else "debug"
+    for name, var in _LIBRARY_VERBOSITY.items():
+        if var not in _USER_VERBOSITY:
+            os.environ[var] = lib_level  # read when the library is imported
+            if logging.getLogger(name).handlers:  # imported already (an embedding program)
+                logging.getLogger(name).setLevel(lib_level.upper())
 
 
 def settings(**extra: Any) -> Settings:
