@@ -347,6 +347,8 @@ def evaluate(
     rows.append(("image->text", result["image_to_text"]))
     for name, r in rows:
         typer.echo(f"{name:<24}{r['recall@1']:>8.3f}{r['recall@5']:>8.3f}{r['recall@10']:>8.3f}")
+    if "notice" in result:
+        typer.echo(f"notice: {result['notice']}")
     if "captions" in result:
         c = result["captions"]
         typer.echo(
