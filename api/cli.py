@@ -360,13 +360,24 @@ def evaluate(
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to bind; loopback by default.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="0: any free port.")] = 8000,
 ) -> None:
     """Run the web page and HTTP API (OpenAPI docs at /docs)."""
     import uvicorn
 
     from api.security import is_loopback
     from api.server import create_app
+    from api.service import Service
+
+    class Server(uvicorn.Server):
+        """uvicorn, saying where it serves once it does (models loaded, socket bound)."""
+
+        async def startup(self, sockets: list[Any] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started:
+                bound = self.servers[0].sockets[0].getsockname()[1] if self.servers else port
+                where = f"[{host}]" if ":" in host else host
+                typer.echo(f"pixsearch: serving http://{where}:{bound} (API docs: /docs)", err=True)
 
     cfg = settings()
     if not is_loopback(host):
@@ -378,7 +389,11 @@ def serve(
                 "address can search and download them. Set PIXSEARCH_API_KEY.",
                 host,
             )
-    uvicorn.run(create_app(cfg), host=host, port=port, log_level="warning")
+    # Loaded before uvicorn starts, not in the app's start-up: a missing model is then one
+    # line (main() reports it), not uvicorn's traceback of a failed start-up.
+    service = Service.start(cfg)
+    config = uvicorn.Config(create_app(cfg, service), host=host, port=port, log_level="warning")
+    Server(config).run()
 
 
 @app.command()
