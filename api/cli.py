@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -51,18 +52,51 @@ def _global(
     ):
         if value is not None:
             _overrides[key] = value
+    _set_up_logging(verbose)
+
+
+#: Libraries that print their own logs: a handler of their own, and a level they set when first
+#: imported, from these variables (unless the user set them).
+_LIBRARY_VERBOSITY = {
+    "huggingface_hub": "HF_HUB_VERBOSITY",
+    "transformers": "TRANSFORMERS_VERBOSITY",
+}
+_USER_VERBOSITY = {var for var in _LIBRARY_VERBOSITY.values() if var in os.environ}
+
+
+def _printed_by_a_library(record: logging.LogRecord) -> bool:
+    """Whether a handler below the root (a library's own) has printed this record already."""
+    logger: logging.Logger | None = logging.getLogger(record.name)
+    while logger is not None and logger is not logging.root:
+        if logger.handlers:
+            return True
+        logger = logger.parent if logger.propagate else None
+    return False
+
+
+def _set_up_logging(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     root = logging.getLogger()
     if not root.handlers:  # an embedding program (or pytest) may have its own
         logging.basicConfig(format="pixsearch: %(levelname)s: %(message)s", stream=sys.stderr)
+        handler = root.handlers[0]
+        handler.addFilter(lambda r: not _printed_by_a_library(r))
         if verbose < 2:
             # open_clip logs its own failures on the root logger; pixsearch reports them
             # itself as one line, so its copy would only say the same thing twice.
-            root.handlers[0].addFilter(lambda r: "open_clip" not in r.pathname)
+            handler.addFilter(lambda r: "open_clip" not in r.pathname)
     root.setLevel(level)
     if verbose < 2:
-        for noisy in ("PIL", "urllib3", "huggingface_hub", "filelock"):
+        for noisy in ("PIL", "urllib3", "filelock"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+    # The hub client's retry warnings ("Retrying in 8s [Retry 4/5]") are noise next to
+    # pixsearch's own one-line error: by default only its errors show, -v shows warnings.
+    lib_level = "error" if verbose == 0 else "warning" if verbose == 1 else "debug"
+    for name, var in _LIBRARY_VERBOSITY.items():
+        if var not in _USER_VERBOSITY:
+            os.environ[var] = lib_level  # read when the library is imported
+            if logging.getLogger(name).handlers:  # imported already (an embedding program)
+                logging.getLogger(name).setLevel(lib_level.upper())
 
 
 def settings(**extra: Any) -> Settings:
@@ -326,6 +360,8 @@ def evaluate(
     rows.append(("image->text", result["image_to_text"]))
     for name, r in rows:
         typer.echo(f"{name:<24}{r['recall@1']:>8.3f}{r['recall@5']:>8.3f}{r['recall@10']:>8.3f}")
+    if "notice" in result:
+        typer.echo(f"notice: {result['notice']}")
     similar = result["cutoff"]["more_like_this_hits"]
     typer.echo(
         f"more like this with the cut-off: median {similar['median']:g} hits of "
@@ -348,13 +384,24 @@ def evaluate(
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to bind; loopback by default.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="0: any free port.")] = 8000,
 ) -> None:
     """Run the web page and HTTP API (OpenAPI docs at /docs)."""
     import uvicorn
 
     from api.security import is_loopback
     from api.server import create_app
+    from api.service import Service
+
+    class Server(uvicorn.Server):
+        """uvicorn, saying where it serves once it does (models loaded, socket bound)."""
+
+        async def startup(self, sockets: list[Any] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started:
+                bound = self.servers[0].sockets[0].getsockname()[1] if self.servers else port
+                where = f"[{host}]" if ":" in host else host
+                typer.echo(f"pixsearch: serving http://{where}:{bound} (API docs: /docs)", err=True)
 
     cfg = settings()
     if not is_loopback(host):
@@ -366,7 +413,11 @@ def serve(
                 "address can search and download them. Set PIXSEARCH_API_KEY.",
                 host,
             )
-    uvicorn.run(create_app(cfg), host=host, port=port, log_level="warning")
+    # Loaded before uvicorn starts, not in the app's start-up: a missing model is then one
+    # line (main() reports it), not uvicorn's traceback of a failed start-up.
+    service = Service.start(cfg)
+    config = uvicorn.Config(create_app(cfg, service), host=host, port=port, log_level="warning")
+    Server(config).run()
 
 
 @app.command()

@@ -10,9 +10,9 @@ from fastapi import HTTPException, Request
 
 log = logging.getLogger(__name__)
 
-#: Paths anyone may fetch: liveness, and the page's own static files (they hold no photo data,
-#: and the page must load to ask for the key).
-OPEN_PATHS = ("/health", "/", "/static/", "/favicon.ico")
+#: Paths anyone may fetch: liveness, and the page's own static files and the API docs' scripts
+#: and styles (they hold no photo data, and the page must load to ask for the key).
+OPEN_PATHS = ("/health", "/", "/static/", "/docs-assets/", "/favicon.ico")
 
 
 def supplied_key(request: Request) -> str | None:

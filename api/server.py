@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import fastapi_offline
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.security import check_key
 from api.service import Service
@@ -39,14 +43,57 @@ _STATUS: list[tuple[type[PixsearchError], int]] = [
 ]
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app from settings (default: the PIXSEARCH_* environment)."""
+#: Swagger UI and ReDoc, served from the fastapi-offline package: FastAPI's own /docs loads
+#: them from a CDN, and is a blank page without network.
+DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
+DOCS_ASSETS_URL = "/docs-assets"
+
+#: One line per request at -v (`pixsearch -v serve`); nothing by default.
+access_log = logging.getLogger("api.access")
+
+
+class AccessLog:
+    """ASGI middleware logging method, path, status and milliseconds of each request.
+
+    Plain ASGI rather than `@app.middleware`: it costs nothing while the logger is off. The
+    query string is left out: it may carry the API key.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not access_log.isEnabledFor(logging.INFO):
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # unless a response starts
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            ms = (time.perf_counter() - started) * 1000
+            access_log.info("%s %s %d %.1f ms", scope["method"], scope["path"], status, ms)
+
+
+def create_app(settings: Settings | None = None, service: Service | None = None) -> FastAPI:
+    """Build the app from settings (default: the PIXSEARCH_* environment).
+
+    `service` is what the app serves, already loaded (`pixsearch serve` loads it first, so that
+    a missing model is one line); by default it is loaded at start-up.
+    """
     cfg = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Models and the index load once, off the event loop.
-        app.state.service = await run_in_threadpool(Service.start, cfg)
+        app.state.service = service or await run_in_threadpool(Service.start, cfg)
         yield
 
     app = FastAPI(
@@ -54,6 +101,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
         description="Search your photos by text or by example.",
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = cfg
     if cfg.cors_origins:
@@ -90,8 +139,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return JSONResponse({"detail": "internal error; see the server log"}, 500)
 
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title="pixsearch API",
+            swagger_js_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
+            oauth2_redirect_url=None,
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title="pixsearch API",
+            redoc_js_url=f"{root}{DOCS_ASSETS_URL}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
+            with_google_fonts=False,
+        )
+
     from api.routes import router
 
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount(DOCS_ASSETS_URL, StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
+    # Added last, so outermost: it also logs what the key guard refuses.
+    app.add_middleware(AccessLog)
     return app

@@ -127,9 +127,11 @@ def make_engine(url: str) -> Engine:
 
 
 def migrations_dir() -> Path:
-    """Where the Alembic scripts live (the repository's migrations/, or the installed copy)."""
+    """Where the Alembic scripts live: the installed copy, or the repository's migrations/."""
     here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "migrations", here / "migrations"):
+    # The wheel puts them in indexer/migrations (pyproject's force-include); it is looked at
+    # first, since an installation's parent folder is site-packages, shared with others.
+    for candidate in (here / "migrations", here.parent / "migrations"):
         if (candidate / "env.py").is_file():
             return candidate
     raise FileNotFoundError("pixsearch's migrations folder is missing from the installation")

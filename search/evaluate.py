@@ -19,7 +19,7 @@ from sqlalchemy import select
 from indexer.captioners.base import CaptionStore, load_captioner
 from indexer.db import Image
 from indexer.encoder import ClipEncoder
-from indexer.errors import InvalidInput
+from indexer.errors import InvalidInput, ModelUnavailable
 from indexer.home import Home
 from indexer.pipeline import Indexer
 from indexer.settings import Settings
@@ -133,11 +133,16 @@ def evaluate(
             log.warning("%d images could not be indexed", len(report.failed))
         with h.session() as s:
             ids: dict[Path, int] = {Path(p): i for p, i in s.execute(select(Image.path, Image.id))}
-        captioner = (
-            load_captioner(cfg.captioner, clip_model=encoder.key, clip_dim=encoder.dim)
-            if captions
-            else None
-        )
+        notice = None
+        try:
+            captioner = (
+                load_captioner(cfg.captioner, clip_model=encoder.key, clip_dim=encoder.dim)
+                if captions
+                else None
+            )
+        except ModelUnavailable as exc:  # no network: retrieval is still worth reporting
+            captioner, notice = None, f"captions skipped: {exc}"
+            log.info("%s", notice)
         service = CaptionService(h, captioner, encoder.key) if captioner is not None else None
         searcher = Searcher(h, encoder, service)
         model = searcher.model()
@@ -174,6 +179,8 @@ def evaluate(
             "images": len(image_ids),
             "queries": len(queries),
         }
+        if notice is not None:
+            result["notice"] = notice
         if service is not None:
             result["captions"] = _caption_scores(h, service, model.id, model.dim, ds, ids)
     result["seconds"] = round(time.perf_counter() - started, 2)

@@ -183,3 +183,29 @@ def test_folder_filter(page, shapes) -> None:
     page.press("#q", "Enter")
     expect(page.locator("#empty-state")).to_be_visible()
     expect(page.locator(".hit")).to_have_count(0)
+
+
+@pytest.mark.parametrize("docs", ["/docs", "/redoc"])
+def test_api_docs_render_without_network(server: str, docs: str) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        pg = browser.new_page()
+        outside: list[str] = []
+
+        def only_this_server(route: object) -> None:
+            url = route.request.url  # type: ignore[attr-defined]
+            if url.startswith(server + "/"):
+                route.continue_()  # type: ignore[attr-defined]
+            else:
+                outside.append(url)
+                route.abort()  # type: ignore[attr-defined]
+
+        pg.route("**/*", only_this_server)
+        pg.goto(server + docs)
+        expect(pg.get_by_text("/search/image").first).to_be_visible(timeout=30_000)
+        browser.close()
+    # ReDoc's "powered by" badge is an image on its CDN: offline it is merely not shown.
+    badge = ["https://cdn.redoc.ly/redoc/logo-mini.svg"] if docs == "/redoc" else []
+    assert [u for u in outside if u not in badge] == [], outside

@@ -86,24 +86,73 @@ def test_missing_checkpoint_file(tiny_model) -> None:
         enc.load()
 
 
-def test_no_network_is_one_clear_line_and_writes_nothing(tmp_path: Path, photos: Path) -> None:
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("network", ["offline mode", "unreachable hub"])
+def test_no_network_is_one_clear_line_and_writes_nothing(
+    tmp_path: Path, photos: Path, network: str
+) -> None:
     home = tmp_path / "home"
-    res = run_subprocess(
-        "index",
-        str(photos),
-        env={
-            "PIXSEARCH_HOME": str(home),
-            "PIXSEARCH_MODEL": "ViT-B-32",
-            "PIXSEARCH_PRETRAINED": "laion2b_s34b_b79k",
-            "HF_HUB_OFFLINE": "1",
-            "HF_HOME": str(tmp_path / "hf"),
-        },
-    )
+    env = {
+        "PIXSEARCH_HOME": str(home),
+        "PIXSEARCH_MODEL": "ViT-B-32",
+        "PIXSEARCH_PRETRAINED": "laion2b_s34b_b79k",
+        "HF_HOME": str(tmp_path / "hf"),
+    }
+    if network == "offline mode":
+        env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    else:
+        # Not offline, and the hub refuses connections: the hub client alone would retry each
+        # file five times with back-off, 46 warning lines and ~50 s before the same failure.
+        env.update(HF_HUB_OFFLINE="0", TRANSFORMERS_OFFLINE="0")
+        env["HF_ENDPOINT"] = f"http://127.0.0.1:{_closed_port()}"
+    res = run_subprocess("index", str(photos), env=env)
     assert res.code == 1
     assert res.err.count("\n") == 1, res.err
-    assert res.err.startswith("pixsearch: error: cannot load weights 'laion2b_s34b_b79k'")
-    assert "ViT-B-32" in res.err and "PIXSEARCH_PRETRAINED=" in res.err
+    assert res.err.startswith(
+        "pixsearch: error: cannot download weights 'laion2b_s34b_b79k' for model 'ViT-B-32'"
+    )
+    assert ("HF_HUB_OFFLINE" if network == "offline mode" else "no network") in res.err
+    assert "PIXSEARCH_PRETRAINED=" in res.err
     assert not home.exists()
+
+
+def test_unknown_pretrained_tag(tiny_model) -> None:
+    enc = ClipEncoder("ViT-B-32", "no_such_tag")
+    with pytest.raises(ModelUnavailable, match=r"unknown pretrained tag 'no_such_tag'.*openai"):
+        enc.load()
+
+
+def test_a_file_that_is_not_a_checkpoint(tiny_model, tmp_path: Path) -> None:
+    text = tmp_path / "weights.pt"
+    text.write_text("<html>404 Not Found</html>\n")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(tiny_model[1].read_bytes()[:50_000])
+    for bad in (text, truncated):
+        enc = ClipEncoder(str(tiny_model[0]), str(bad))
+        with pytest.raises(ModelUnavailable) as err:
+            enc.load()
+        assert f"checkpoint file {bad} is not a model checkpoint or is damaged" in str(err.value)
+        assert "\n" not in str(err.value)
+
+
+def test_a_checkpoint_of_another_architecture(tiny_model, tmp_path: Path) -> None:
+    from tests.assets.tiny_models import materialize_tiny_clip
+
+    _, other = materialize_tiny_clip(tmp_path)  # a ConvNeXt image tower, not a ViT
+    enc = ClipEncoder(str(tiny_model[0]), str(other))
+    with pytest.raises(ModelUnavailable) as err:
+        enc.load()
+    message = str(err.value)
+    assert message.startswith(f"checkpoint {other} does not match model 'pixsearch-test-tiny':")
+    assert "missing keys (e.g. " in message and "unexpected keys (e.g. " in message
+    assert "PIXSEARCH_MODEL" in message and "\n" not in message
 
 
 def test_help_is_instant_because_nothing_heavy_is_imported() -> None:

@@ -60,17 +60,17 @@ def test_only_indexed_files_inside_libraries_are_served(
             assert b"[project]" not in res.content
 
 
-def test_serve_warns_loudly_on_open_address(caplog, monkeypatch) -> None:
+def test_serve_warns_loudly_on_open_address(env, caplog, monkeypatch) -> None:
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")
     import uvicorn
 
     from api import cli
 
-    calls: list[dict] = []
+    calls: list[uvicorn.Config] = []
     # Nothing is bound: the test checks what serve says and what it would start.
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: calls.append(kw))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, *a, **kw: calls.append(self.config))
     with caplog.at_level(logging.WARNING):
         cli.main(["serve", "--host", "0.0.0.0", "--port", "8765"])
-    assert calls and calls[0]["host"] == "0.0.0.0"
+    assert calls and calls[0].host == "0.0.0.0"
     assert any("WITHOUT AN API KEY" in r.getMessage() for r in caplog.records)

@@ -53,6 +53,13 @@ class VitGpt2Captioner:
         self._model, self._processor, self._tokenizer = self._load()
 
     def _load(self) -> tuple[Any, Any, Any]:
+        if not Path(self.source).exists():
+            from indexer.hub import unreachable_reason
+
+            # At once, rather than after the hub client's retries (~35 s here).
+            reason = unreachable_reason(self.source, ["config.json"])
+            if reason is not None:
+                raise unavailable(self.source, ConnectionError(reason))
         try:
             import transformers
             from transformers import AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
