@@ -41,7 +41,7 @@ uv pip install --quiet --python "$tmp/venv/bin/python" --constraint "$tmp/constr
 
 mkdir "$tmp/work"
 cd "$tmp/work"  # outside the checkout: nothing can be imported from it
-unset PYTHONPATH
+unset PYTHONPATH PYTHONDONTWRITEBYTECODE  # a throwaway venv: let later processes reuse bytecode
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export PIXSEARCH_HOME="$tmp/home" PIXSEARCH_CAPTIONER=none
 export PIXSEARCH_MODEL="$tmp/model/pixsearch-tiny-clip.json"

@@ -218,10 +218,11 @@ class ClipEncoder:
                 f"checkpoint file {self.pretrained} is not a model checkpoint or is damaged "
                 f"({why}); download it again (.bin, .pt or .safetensors)"
             )
-        wanted = {
-            k: tuple(v.shape)
-            for k, v in open_clip.create_model(name, pretrained=None).state_dict().items()
-        }
+        try:
+            blank = open_clip.create_model(name, pretrained=None, device="cpu")
+        except Exception:  # the architecture itself does not build: open_clip's reason
+            return ModelUnavailable(f"cannot build model '{name}' ({reason})")
+        wanted = {k: tuple(v.shape) for k, v in blank.state_dict().items()}
         missing = [k for k in wanted if k not in shapes]
         unexpected = [k for k in shapes if k not in wanted]
         resized = [k for k in wanted if k in shapes and shapes[k] != wanted[k]]
