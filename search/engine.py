@@ -319,6 +319,7 @@ class Searcher:
         """Images best matching a text (plain ranking: exact scores, no cut-off)."""
         if not query.strip():
             raise InvalidInput("the query text is empty")
+        self.model()  # a command line user is told to index first, not shown "no results"
         return self.search(Query(text=query, k=k, cutoff=False)).hits
 
     def similar(self, image: int | str, k: int = 20) -> list[Hit]:
