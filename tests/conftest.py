@@ -50,6 +50,8 @@ def env(
         # only true copies should collapse as duplicates here.
         "PIXSEARCH_DEDUPE_THRESHOLD": "0.9995",
         "PIXSEARCH_CAPTIONER": "none",
+        # TestClient's Host header; a server answers only to its own host names by default.
+        "PIXSEARCH_ALLOWED_HOSTS": '["testserver"]',
     }
     for key, value in values.items():
         monkeypatch.setenv(key, value)
