@@ -416,7 +416,16 @@ def serve(
     # Loaded before uvicorn starts, not in the app's start-up: a missing model is then one
     # line (main() reports it), not uvicorn's traceback of a failed start-up.
     service = Service.start(cfg)
-    config = uvicorn.Config(create_app(cfg, service), host=host, port=port, log_level="warning")
+    config = uvicorn.Config(
+        create_app(cfg, service, host=host),
+        host=host,
+        port=port,
+        log_level="warning",
+        # Idle connections go after 5 s; past max_connections new requests get 503 rather
+        # than a share of a machine that slow clients hold open.
+        timeout_keep_alive=5,
+        limit_concurrency=cfg.max_connections,
+    )
     Server(config).run()
 
 

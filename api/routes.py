@@ -13,7 +13,14 @@ from fastapi.responses import FileResponse, HTMLResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from api.schemas import FiltersIn, HitOut, Ready, SearchOptions, SearchRequest, SearchResponse
+from api.schemas import (
+    FiltersIn,
+    HitOut,
+    ImageSearchOptions,
+    Ready,
+    SearchRequest,
+    SearchResponse,
+)
 from api.security import servable
 from api.service import Service
 from indexer.errors import InvalidInput, NotFound
@@ -141,15 +148,16 @@ async def search_image(
         },
     )
     filter_keys = set(FiltersIn.model_fields)
-    opts_raw = {k_: v for k_, v in raw.items() if k_ in SearchOptions.model_fields}
+    # Every value, from the form or the query string, is validated by the one schema.
+    opts_raw = {k_: v for k_, v in raw.items() if k_ in ImageSearchOptions.model_fields}
     opts_raw["filters"] = {k_: v for k_, v in raw.items() if k_ in filter_keys}
     if isinstance(opts_raw.get("rerank"), str) and opts_raw["rerank"].lower() in ("true", "false"):
         opts_raw["rerank"] = opts_raw["rerank"].lower() == "true"
     try:
-        opts = SearchOptions.model_validate(opts_raw)
+        opts = ImageSearchOptions.model_validate(opts_raw)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from None
-    query_text = raw.get("text") or None
+    query_text = opts.text or None
 
     def run() -> SearchResponse:
         vec = service.searcher.embed_image_bytes(data)

@@ -75,6 +75,12 @@ class SearchOptions(BaseModel):
         )
 
 
+class ImageSearchOptions(SearchOptions):
+    """The options of an upload query, from form fields and query parameters alike."""
+
+    text: str | None = Field(None, max_length=1000, description="Text to combine with it.")
+
+
 class SearchRequest(SearchOptions):
     """A text and/or image query, with negatives, filters and paging."""
 

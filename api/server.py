@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import fastapi_offline
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
@@ -18,7 +18,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.security import check_key
+from api.limits import BodyLimits
+from api.security import HostCheck, KeyGuard
 from api.service import Service
 from indexer.errors import (
     HomeError,
@@ -82,11 +83,34 @@ class AccessLog:
             access_log.info("%s %s %d %.1f ms", scope["method"], scope["path"], status, ms)
 
 
-def create_app(settings: Settings | None = None, service: Service | None = None) -> FastAPI:
+class HeadAsGet:
+    """ASGI middleware answering HEAD like GET, without the body (FastAPI routes take GET only)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                await send(message)
+            elif not message.get("more_body", False):
+                await send({"type": "http.response.body", "body": b""})
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
+
+
+def create_app(
+    settings: Settings | None = None, service: Service | None = None, host: str | None = None
+) -> FastAPI:
     """Build the app from settings (default: the PIXSEARCH_* environment).
 
     `service` is what the app serves, already loaded (`pixsearch serve` loads it first, so that
-    a missing model is one line); by default it is loaded at start-up.
+    a missing model is one line); by default it is loaded at start-up. `host` is the address
+    the server binds, a name requests may use besides localhost and the loopback addresses.
     """
     cfg = settings or Settings()
 
@@ -105,24 +129,26 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         redoc_url=None,
     )
     app.state.settings = cfg
+    # Each add_middleware wraps the ones before: listed from the innermost out.
+    app.add_middleware(HeadAsGet)
+    app.add_middleware(KeyGuard, key=cfg.api_key)
+    # Outside the key check, so that a refused request's connection is closed, not left for
+    # its body to arrive.
+    app.add_middleware(
+        BodyLimits,
+        max_body=cfg.max_body_bytes,
+        max_upload=cfg.max_upload_bytes,
+        timeout=cfg.request_timeout,
+    )
     if cfg.cors_origins:
+        # Outside the key check: preflights need no key, and refusals carry CORS headers.
         app.add_middleware(
             CORSMiddleware,
             allow_origins=cfg.cors_origins,
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "HEAD", "POST"],
             allow_headers=["*"],
         )
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next):  # type: ignore[no-untyped-def]
-        try:
-            check_key(request, cfg.api_key)
-        except HTTPException as exc:
-            return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > cfg.max_upload_bytes + 64_000:
-            return JSONResponse({"detail": f"request body over {cfg.max_upload_bytes} bytes"}, 413)
-        return await call_next(request)
+    app.add_middleware(HostCheck, bound=host, allowed=cfg.allowed_hosts)
 
     @app.exception_handler(PixsearchError)
     async def domain_error(request: Request, exc: PixsearchError) -> JSONResponse:
@@ -167,6 +193,6 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.mount(DOCS_ASSETS_URL, StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
-    # Added last, so outermost: it also logs what the key guard refuses.
+    # Added last, so outermost: it also logs what the guards refuse.
     app.add_middleware(AccessLog)
     return app

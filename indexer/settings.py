@@ -75,6 +75,23 @@ class Settings(BaseSettings):
     api_key: str | None = Field(None, description="If set, the API requires this key.")
     cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins.")
     max_upload_bytes: int = Field(25_000_000, ge=1, description="Largest accepted upload.")
+    max_body_bytes: int = Field(
+        1_000_000, ge=1, description="Largest request body other than an upload (JSON)."
+    )
+    request_timeout: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Seconds a request body may take to arrive, plus one per 100 kB of it.",
+    )
+    max_connections: int = Field(
+        100, ge=1, description="Connections served at once; more are answered 503."
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names answered besides localhost, loopback and the bound address "
+        "(DNS rebinding); `*` answers any, `*.example.org` its subdomains.",
+    )
 
     @property
     def db_url(self) -> str:

@@ -10,6 +10,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# TestClient's Host header, for every test's app: by default the server answers only to its
+# own host names (DNS rebinding).
+os.environ.setdefault("PIXSEARCH_ALLOWED_HOSTS", '["testserver"]')
 
 TINY_CONFIG = {
     "embed_dim": 32,

@@ -188,6 +188,18 @@ def test_upload_size_limit(env, photos: Path, capsys, monkeypatch) -> None:
     assert res.status_code == 413
 
 
+def test_upload_options_in_the_query_have_the_form_limits(client: TestClient) -> None:
+    png = io.BytesIO()
+    picture(1).save(png, "PNG")
+    files = {"file": ("q.png", png.getvalue(), "image/png")}
+    for where in ("params", "data"):
+        res = client.post("/search/image", files=files, **{where: {"text": "x" * 1001}})
+        assert res.status_code == 422, (where, res.text)
+        assert res.json()["detail"][0]["loc"][-1] == "text"
+    res = client.post("/search/image", files=files, params={"text": "x" * 1000, "k": "2"})
+    assert res.status_code == 200, res.text
+
+
 def test_empty_home_answers_with_nothing(env) -> None:
     with TestClient(create_app()) as c:
         assert c.get("/ready").json()["images"] == 0

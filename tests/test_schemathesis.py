@@ -66,6 +66,7 @@ def home_settings(
         dedupe_threshold=0.9995,
         api_key=None,
         database_url=None,
+        allowed_hosts=["testserver"],  # the Host of schemathesis's and TestClient's requests
     )
     folder = root / "photos"
     make_photos(folder, 10)
