@@ -16,6 +16,7 @@ from typing import Protocol
 import numpy as np
 from sqlalchemy import ColumnElement, or_, select
 
+from indexer import homeerrors
 from indexer.db import Embedding, Image
 from indexer.encoder import ClipEncoder
 from indexer.errors import HomeError, UnreadableImage
@@ -211,13 +212,20 @@ class Indexer:
 
     def run(self, paths: Sequence[str | os.PathLike[str]]) -> IndexReport:
         """Index the files under `paths`: add new, update changed, follow moves, drop deleted."""
+        self.home.check_writable()
         if not self.home.exists():
             # A new home is created only once the model is known to load: a missing
             # checkpoint fails with one clear error and leaves nothing behind.
             self.encoder.load()
-        with home_lock(self.home):
-            remove_stale_temp_files(self.home.path, *self.home.path.glob("thumbnails/*"))
-            return self._run(paths)
+        try:
+            with home_lock(self.home):
+                remove_stale_temp_files(self.home.path, *self.home.path.glob("thumbnails/*"))
+                return self._run(paths)
+        except OSError as exc:  # a full disk, a file system turned read-only
+            error = homeerrors.from_os_error(exc, self.home.path)
+            if error is None:
+                raise
+            raise error from None
 
     def _run(self, paths: Sequence[str | os.PathLike[str]]) -> IndexReport:
         started = time.perf_counter()
