@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import mimetypes
+import os
 from datetime import date
 from typing import Annotated, Any
 
@@ -166,6 +167,8 @@ def _row(service: Service, image_id: int, *, serving: bool = False) -> Any:
         raise NotFound(f"no indexed image has id {image_id}")
     if serving and not servable(row.path, service.home.libraries()):
         raise NotFound(f"image {image_id} is no longer available in an indexed folder")
+    if serving and not os.path.isfile(row.path):  # deleted, or a folder now, since indexed
+        raise NotFound(f"image {image_id} is no longer at {row.path}")
     return row
 
 
