@@ -203,9 +203,10 @@ class Home:
         return np.asarray(out_ids, dtype=np.int64), vecs
 
     def load_index(
-        self, key: str, model_id: int, dim: int, *, background: bool = True
+        self, key: str, model_id: int, dim: int, *, background: bool = True, rebuild: str = ""
     ) -> VectorIndex:
-        """The model's FAISS index: the saved one if it matches the database, else rebuilt.
+        """The model's FAISS index: the saved one if it is intact and matches the database,
+        else rebuilt (and saved); `rebuild`: why not to use the saved one at all.
 
         A saved index that matches but no longer suits the collection's size (see
         `VectorIndex.wants_rebuild`) is returned as it is and rebuilt into a better-suited
@@ -214,7 +215,7 @@ class Home:
         path = self.index_path(key)
         generation = self.generation(model_id)
         count = self.count_vectors(model_id)
-        index, why = VectorIndex.open(path, dim, generation, count)
+        index, why = (None, rebuild) if rebuild else VectorIndex.open(path, dim, generation, count)
         if index is not None:
             reason = index.wants_rebuild()
             if reason is not None:
