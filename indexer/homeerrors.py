@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 from pathlib import Path
 
 from indexer.errors import HomeError
@@ -52,5 +53,21 @@ def from_sqlite_error(exc: BaseException, db_path: Path, home: Path) -> HomeErro
     if "readonly database" in text or "read-only" in text:
         return read_only(home)
     if "disk i/o error" in text:
+        # SQLite reports a write that ran out of space in its WAL as an I/O error.
+        if _nearly_full(db_path.parent):
+            return disk_full(db_path.parent)
         return HomeError(f"cannot read or write the database {db_path} ({reason})")
     return None
+
+
+def _nearly_full(folder: Path) -> bool:
+    """Whether the file system holding `folder` has (almost) no space left."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < NEARLY_FULL
+
+
+#: Free bytes under which a failed write is put down to a full disk.
+NEARLY_FULL = 1 << 20

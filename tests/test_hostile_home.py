@@ -175,3 +175,37 @@ def test_similar_to_an_impossible_id_says_no_such_image(env, photos: Path, capsy
     result = run_cli(capsys, "similar", "--", arg)
     assert result.code == 1
     assert result.err.strip() == f"pixsearch: error: no indexed image has id {int(arg)}"
+
+
+def test_a_really_full_disk_during_indexing_is_said_so(env, tmp_path: Path, capsys) -> None:
+    """The home on a small tmpfs, filled up before a second run (needs `mount`)."""
+    import subprocess
+
+    from tests.helpers import make_photos
+
+    home = Path(env["PIXSEARCH_HOME"])
+    home.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(home)], capture_output=True
+    )
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        make_photos(tmp_path / "photos", 12)
+        assert run_subprocess("index", str(tmp_path / "photos"), env=env).code == 0
+        fd = os.open(home / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while True:
+                os.write(fd, bytes(4096))
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+        finally:
+            os.close(fd)
+        make_photos(tmp_path / "photos", 200, start=100)
+        result = run_subprocess("index", str(tmp_path / "photos"), env=env)
+        assert result.code == 1, result.err
+        assert result.err.strip().splitlines() == [
+            f"pixsearch: error: the disk holding {home} is full; free some space and run it again"
+        ]
+    finally:
+        subprocess.run(["umount", "-l", str(home)], check=True)
