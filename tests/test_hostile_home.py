@@ -137,15 +137,16 @@ def test_a_full_disk_during_indexing_is_said_so(
     """ENOSPC from any write (here the FAISS index's save) is one line naming the disk."""
     from indexer import vectors
 
-    def full(*args: object, **kwargs: object) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device", str(Path(env["PIXSEARCH_HOME"])))
+    home = Path(env["PIXSEARCH_HOME"])
+
+    def full(self: object, path: Path, generation: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     monkeypatch.setattr(vectors.VectorIndex, "save", full)
     result = run_cli(capsys, "index", str(photos))
     assert result.code == 1
     assert result.err.strip().splitlines() == [
-        f"pixsearch: error: the disk holding {Path(env['PIXSEARCH_HOME']).parent} is full; "
-        "free some space and run it again"
+        f"pixsearch: error: the disk holding {home} is full; free some space and run it again"
     ]
 
 
@@ -209,3 +210,23 @@ def test_a_really_full_disk_during_indexing_is_said_so(env, tmp_path: Path, caps
         ]
     finally:
         subprocess.run(["umount", "-l", str(home)], check=True)
+
+
+def test_any_database_error_under_the_server_is_a_one_line_503(
+    env, photos: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the core does not translate is still the database's fault, not a 500."""
+    from sqlalchemy.exc import OperationalError
+
+    from indexer.home import Home
+
+    assert run_cli(capsys, "index", str(photos)).code == 0
+
+    def broken(self: Home, ids: list[int]) -> None:
+        raise OperationalError("SELECT secret FROM images", {"id": 1}, Exception("no luck"))
+
+    with TestClient(create_app()) as client:
+        monkeypatch.setattr(Home, "images_by_id", broken)
+        answer = client.get("/images/1")
+    assert answer.status_code == 503
+    assert answer.json() == {"detail": "the database cannot be used: no luck"}
