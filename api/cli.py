@@ -252,6 +252,12 @@ def similar(
     as_json: JsonFlag = False,
 ) -> None:
     """Find photos similar to an image (an indexed one is its own first hit)."""
+    from indexer.errors import NotFound
+
+    if image.lstrip("-").isdigit() and not os.path.exists(image):
+        number = int(image)
+        if not 0 < number < 2**63:  # no SQLite row id can be this
+            raise NotFound(f"no indexed image has id {number}")
     _print_hits(_searcher().similar(image, k), as_json)
 
 

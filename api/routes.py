@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import mimetypes
+import os
 from datetime import date
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
@@ -174,6 +175,8 @@ def _row(service: Service, image_id: int, *, serving: bool = False) -> Any:
         raise NotFound(f"no indexed image has id {image_id}")
     if serving and not servable(row.path, service.home.libraries()):
         raise NotFound(f"image {image_id} is no longer available in an indexed folder")
+    if serving and not os.path.isfile(row.path):  # deleted, or a folder now, since indexed
+        raise NotFound(f"image {image_id} is no longer at {row.path}")
     return row
 
 
@@ -188,16 +191,21 @@ def image(image_id: int, request: Request) -> FileResponse:
     return FileResponse(row.path, media_type=media)
 
 
-@router.get("/images/{image_id}/thumbnail", tags=["images"], response_class=FileResponse)
-def image_thumbnail(image_id: int, request: Request) -> FileResponse:
+@router.get(
+    "/images/{image_id}/thumbnail",
+    tags=["images"],
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}}}},
+)
+def image_thumbnail(image_id: int, request: Request) -> Response:
     """A JPEG of at most 256 px, made once and kept in the home."""
     service = _service(request)
     row = _row(service, image_id, serving=True)
-    path = thumbnail(
+    data = thumbnail(
         service.home.path, row.content_hash, row.path, service.settings.max_image_pixels
     )
-    return FileResponse(
-        path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"}
+    return Response(
+        data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"}
     )
 
 

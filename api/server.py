@@ -15,6 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import DatabaseError
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -154,6 +155,14 @@ def create_app(
     async def domain_error(request: Request, exc: PixsearchError) -> JSONResponse:
         status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 400)
         return JSONResponse({"detail": str(exc)}, status)
+
+    @app.exception_handler(DatabaseError)
+    async def database_error(request: Request, exc: DatabaseError) -> JSONResponse:
+        # What the core did not translate (a HomeError) is still the database's fault, not
+        # the request's: one line, without the SQL and its parameters.
+        reason = " ".join(str(exc.orig or exc).split())[:160]
+        log.error("database error on %s %s: %s", request.method, request.url.path, reason)
+        return JSONResponse({"detail": f"the database cannot be used: {reason}"}, 503)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from datetime import datetime
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import (
     Engine,
@@ -18,6 +21,7 @@ from sqlalchemy import (
     event,
     text,
 )
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 log = logging.getLogger(__name__)
@@ -113,6 +117,17 @@ def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
     # checkpoint and safe against corruption in WAL mode.
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
+    _common_pragmas(cur)
+
+
+def _read_only_pragmas(dbapi_conn: object, _record: object) -> None:
+    # The journal mode cannot change on a read-only file: left as it is.
+    cur = dbapi_conn.cursor()  # type: ignore[attr-defined]
+    cur.execute("PRAGMA query_only=ON")
+    _common_pragmas(cur)
+
+
+def _common_pragmas(cur: Any) -> None:
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=60000")
     cur.close()
@@ -123,6 +138,30 @@ def make_engine(url: str) -> Engine:
     engine = create_engine(url, connect_args={"timeout": 60} if url.startswith("sqlite") else {})
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def make_read_only_engine(path: Path) -> Engine:
+    """An engine reading the SQLite file `path` in a folder that cannot be written.
+
+    SQLite reads a WAL database read-only only through its -shm file: when the folder has
+    none, the file is opened `immutable` (no locks, no WAL), which is right for a database
+    closed cleanly (its WAL checkpointed into the file).
+    """
+    shm = path.with_name(path.name + "-shm")
+    wal = path.with_name(path.name + "-wal")
+    has_wal = wal.is_file() and wal.stat().st_size > 0
+    options = "mode=ro" if shm.is_file() and has_wal else "mode=ro&immutable=1"
+    if has_wal and not shm.is_file():
+        log.warning("%s has changes in its WAL file that a read-only folder cannot replay", path)
+    uri = f"file:{quote(str(path))}?{options}"
+
+    def connect() -> sqlite3.Connection:
+        return sqlite3.connect(uri, uri=True, timeout=60, check_same_thread=False)
+
+    # The URL names the file (a file pool, not an in-memory one); `creator` opens it.
+    engine = create_engine(f"sqlite:///{path}", creator=connect)
+    event.listen(engine, "connect", _read_only_pragmas)
     return engine
 
 
@@ -147,15 +186,25 @@ def alembic_config(url: str) -> object:
     return cfg
 
 
-def upgrade(engine: Engine) -> None:
-    """Bring the schema to the head revision, importing Alembic only when there is work."""
+def upgrade(engine: Engine, *, read_only: bool = False) -> None:
+    """Bring the schema to the head revision, importing Alembic only when there is work.
+
+    A `read_only` database must already be at the head revision.
+    """
     with engine.connect() as conn:
         try:
             current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-        except Exception:  # no table yet: a new database
+        except OperationalError:  # no table yet: a new database
             current = None
     if current == SCHEMA_REVISION:
         return
+    if read_only:
+        from indexer.errors import HomeError
+
+        raise HomeError(
+            f"the database {engine.url.database} is at schema revision {current or 'none'}, "
+            f"this pixsearch needs {SCHEMA_REVISION}, and its folder is read-only"
+        )
     from alembic import command
 
     log.info("migrating database from %s to %s", current or "empty", SCHEMA_REVISION)

@@ -25,3 +25,7 @@ class InvalidInput(PixsearchError):
 
 class HomeError(PixsearchError):
     """The data folder or its database cannot be used."""
+
+
+class IndexDamaged(HomeError):
+    """The loaded FAISS index failed while searching; the searcher rebuilds it."""

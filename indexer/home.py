@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 from collections.abc import Iterable
@@ -12,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, event, func, select, update
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.orm import Session
 
-from indexer import db
+from indexer import db, homeerrors
 from indexer.db import Embedding, Image, Library, Model
 from indexer.errors import HomeError
 from indexer.settings import Settings
@@ -41,28 +43,81 @@ class Home:
         self.settings = settings
         self.path = Path(settings.home).expanduser()
 
-    def exists(self) -> bool:
-        """Whether this home already holds a database (nothing is created by asking)."""
+    @property
+    def db_file(self) -> Path | None:
+        """The SQLite file of this home (None for another kind of database URL)."""
         url = self.settings.db_url
-        if url.startswith("sqlite:///"):
-            return Path(url.removeprefix("sqlite:///")).is_file()
-        return True
+        return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+
+    def exists(self) -> bool:
+        """Whether this home already holds a database (nothing is created by asking).
+
+        A database path that is there but is no file (a folder, a dangling link) is an error,
+        not an empty home.
+        """
+        path = self.db_file
+        if path is None:
+            return True
+        if path.is_file():
+            return True
+        if path.is_symlink() and not path.exists():
+            raise HomeError(f"the database {path} is a symbolic link to nothing")
+        if path.exists():
+            what = "a folder" if path.is_dir() else "not a regular file"
+            raise HomeError(f"the database {path} is {what}; move it away or restore the file")
+        return False
+
+    @property
+    def read_only(self) -> bool:
+        """Whether the home's folder (or its existing database file) cannot be written."""
+        path = self.db_file
+        if path is None or not self.path.is_dir():
+            return False
+        return not os.access(self.path, os.W_OK) or (
+            path.is_file() and not os.access(path, os.W_OK)
+        )
+
+    def check_writable(self) -> None:
+        """Raise a HomeError unless the home can be written (indexing)."""
+        if self.read_only:
+            raise homeerrors.read_only(self.path)
 
     @cached_property
     def engine(self) -> Engine:
-        """The database engine; creates the folder and migrates the schema on first use."""
+        """The database engine; creates the folder and migrates the schema on first use.
+
+        A home in a folder that cannot be written is opened read-only (searching works).
+        """
+        path = self.db_file
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            engine = db.make_engine(self.settings.db_url)
-            db.upgrade(engine)
+            if path is not None and self.read_only:
+                engine = db.make_read_only_engine(path)
+                read_only = True
+            else:
+                self.path.mkdir(parents=True, exist_ok=True)
+                engine = db.make_engine(self.settings.db_url)
+                read_only = False
+            if path is not None:
+                event.listen(engine, "handle_error", self._translate)
+            db.upgrade(engine, read_only=read_only)
         except OSError as exc:
-            raise HomeError(f"cannot use data folder {self.path}: {exc.strerror or exc}") from None
+            raise homeerrors.from_os_error(exc, self.path) or HomeError(
+                f"cannot use data folder {self.path}: {exc.strerror or exc}"
+            ) from None
         except Exception as exc:
             if type(exc).__module__.startswith(("sqlalchemy", "alembic")):
                 reason = " ".join(str(exc).split())[:160]
                 raise HomeError(f"cannot open database {self.settings.db_url}: {reason}") from None
             raise
         return engine
+
+    def _translate(self, context: ExceptionContext) -> None:
+        """SQLAlchemy `handle_error` hook: SQLite's full-disk, damage and read-only errors
+        become one-line HomeErrors (no SQL, no parameters) wherever they happen."""
+        assert self.db_file is not None
+        error = homeerrors.from_sqlite_error(context.original_exception, self.db_file, self.path)
+        if error is not None:
+            raise error
 
     def session(self) -> Session:
         """A new ORM session (use as a context manager)."""
@@ -148,9 +203,10 @@ class Home:
         return np.asarray(out_ids, dtype=np.int64), vecs
 
     def load_index(
-        self, key: str, model_id: int, dim: int, *, background: bool = True
+        self, key: str, model_id: int, dim: int, *, background: bool = True, rebuild: str = ""
     ) -> VectorIndex:
-        """The model's FAISS index: the saved one if it matches the database, else rebuilt.
+        """The model's FAISS index: the saved one if it is intact and matches the database,
+        else rebuilt (and saved); `rebuild`: why not to use the saved one at all.
 
         A saved index that matches but no longer suits the collection's size (see
         `VectorIndex.wants_rebuild`) is returned as it is and rebuilt into a better-suited
@@ -159,7 +215,7 @@ class Home:
         path = self.index_path(key)
         generation = self.generation(model_id)
         count = self.count_vectors(model_id)
-        index, why = VectorIndex.open(path, dim, generation, count)
+        index, why = (None, rebuild) if rebuild else VectorIndex.open(path, dim, generation, count)
         if index is not None:
             reason = index.wants_rebuild()
             if reason is not None:
@@ -256,6 +312,7 @@ class Home:
     def images_by_id(self, ids: list[int]) -> dict[int, Image]:
         """Image rows by id (missing ids are simply absent)."""
         out: dict[int, Image] = {}
+        ids = [i for i in ids if 0 < i < 2**63]  # others cannot be SQLite row ids
         with self.session() as s:
             for start in range(0, len(ids), 900):
                 part = ids[start : start + 900]

@@ -16,12 +16,13 @@ from typing import Protocol
 import numpy as np
 from sqlalchemy import ColumnElement, or_, select
 
+from indexer import homeerrors
 from indexer.db import Embedding, Image
 from indexer.encoder import ClipEncoder
 from indexer.errors import HomeError, UnreadableImage
 from indexer.home import Home
 from indexer.imageio import DRAFT_OVERSAMPLE, content_hash, decode, read_file
-from indexer.scan import Root, normalise_roots, scan, under
+from indexer.scan import EmptyFolder, Root, normalise_roots, scan, under
 from indexer.types import Failure, FileEntry, IndexReport, Job, Prepared
 from indexer.writer import Writer
 
@@ -52,14 +53,27 @@ class Plan:
 
 
 def plan(
-    home: Home, roots: Sequence[Root], entries: Iterator[FileEntry | Failure], embedded: set[str]
+    home: Home,
+    roots: Sequence[Root],
+    entries: Iterator[FileEntry | Failure | EmptyFolder],
+    embedded: set[str],
 ) -> Plan:
-    """Compare the files on disk with the rows under the roots (the scan stage's result)."""
+    """Compare the files on disk with the rows under the roots (the scan stage's result).
+
+    Only rows whose files were seen to be gone are marked missing: rows under a folder that
+    could not be listed, or that lists nothing at all (an unmounted drive?), are kept.
+    """
     p = Plan()
     found: dict[str, FileEntry] = {}
+    kept: list[str] = []
+    empty: list[str] = []
     for item in entries:
-        if isinstance(item, Failure):
+        if isinstance(item, EmptyFolder):
+            empty.append(item.path)
+        elif isinstance(item, Failure):
             p.failed.append(item)
+            if item.keep:
+                kept.append(item.path)
         else:
             found[item.path] = item
     p.scanned = len(found) + len(p.failed)
@@ -76,34 +90,69 @@ def plan(
             p.jobs.append(Job(entry, "reembed", row_id))
         else:
             p.unchanged += 1
+    root_paths = {root.path for root in roots}
+    keep = _Keep(kept, [f for f in empty if f not in root_paths])
     for root in roots:
         here = [(path, row) for path, row in rows.items() if under(root, path)]
         if not root.exists:
             continue  # an unmounted drive or a typo must never delete anything
-        if root.is_dir and here and not any(under(root, path) for path in found):
+        # A row for the root folder itself (it was a file once) is a phantom, not a photo.
+        held = [path for path, _ in here if path != root.path]
+        if root.is_dir and held and not any(under(root, path) for path in found):
             log.warning(
                 "%s holds no images now, but %d were indexed there: keeping them "
                 "(an unmounted drive?)",
                 root.path,
-                len(here),
+                len(held),
             )
             continue
         for path, (row_id, _, _, digest) in here:
-            if path not in found:
+            if path not in found and not keep(path):
                 p.missing[row_id] = digest
+    keep.warn()
     return p
+
+
+class _Keep:
+    """Which rows a run keeps although their files were not found: those under folders that
+    could not be listed or list nothing (the latter said once per folder)."""
+
+    def __init__(self, unseen: list[str], empty: list[str]) -> None:
+        self.unseen = set(unseen)
+        self.unseen_dirs = tuple(p.rstrip(os.sep) + os.sep for p in unseen)
+        self.empty = {p.rstrip(os.sep) + os.sep: 0 for p in empty}
+        self.empty_dirs = tuple(self.empty)
+
+    def __call__(self, path: str) -> bool:
+        if path in self.unseen or path.startswith(self.unseen_dirs):
+            return True
+        if not path.startswith(self.empty_dirs):
+            return False
+        for folder in self.empty:
+            if path.startswith(folder):
+                self.empty[folder] += 1
+        return True
+
+    def warn(self) -> None:
+        for folder, count in self.empty.items():
+            if count:
+                log.warning(
+                    "%s is empty now, but %d images were indexed there: keeping them "
+                    "(an unmounted drive?)",
+                    folder.rstrip(os.sep),
+                    count,
+                )
 
 
 def _rows_under(home: Home, roots: Sequence[Root]) -> dict[str, tuple[int, int, int, str]]:
     conds: list[ColumnElement[bool]] = []
     for root in roots:
-        if root.is_dir:
-            prefix = root.path.rstrip(os.sep) + os.sep
-            # A range on the unique path index: every path that starts with the prefix.
-            upper = prefix[:-1] + chr(ord(os.sep) + 1)
-            conds.append((Image.path >= prefix) & (Image.path < upper))
-        else:
-            conds.append(Image.path == root.path)
+        # The root itself and everything under it, whatever it is now: a folder's row as a
+        # file, or rows inside what is now a file, are pruned like any other.
+        prefix = root.path.rstrip(os.sep) + os.sep
+        # A range on the unique path index: every path that starts with the prefix.
+        upper = prefix[:-1] + chr(ord(os.sep) + 1)
+        conds.append((Image.path == root.path) | ((Image.path >= prefix) & (Image.path < upper)))
     if not conds:
         return {}
     stmt = select(Image.path, Image.id, Image.size, Image.mtime_ns, Image.content_hash).where(
@@ -211,13 +260,20 @@ class Indexer:
 
     def run(self, paths: Sequence[str | os.PathLike[str]]) -> IndexReport:
         """Index the files under `paths`: add new, update changed, follow moves, drop deleted."""
+        self.home.check_writable()
         if not self.home.exists():
             # A new home is created only once the model is known to load: a missing
             # checkpoint fails with one clear error and leaves nothing behind.
             self.encoder.load()
-        with home_lock(self.home):
-            remove_stale_temp_files(self.home.path, *self.home.path.glob("thumbnails/*"))
-            return self._run(paths)
+        try:
+            with home_lock(self.home):
+                remove_stale_temp_files(self.home.path, *self.home.path.glob("thumbnails/*"))
+                return self._run(paths)
+        except OSError as exc:  # a full disk, a file system turned read-only
+            error = homeerrors.from_os_error(exc, self.home.path)
+            if error is None:
+                raise
+            raise error from None
 
     def _run(self, paths: Sequence[str | os.PathLike[str]]) -> IndexReport:
         started = time.perf_counter()

@@ -23,6 +23,14 @@ class Root:
     exists: bool
 
 
+@dataclass(frozen=True, slots=True)
+class EmptyFolder:
+    """A folder that lists nothing at all: as likely an unmounted drive's mount point as a
+    folder whose photos were all deleted, so what was indexed under it stays."""
+
+    path: str
+
+
 def normalise_roots(paths: Sequence[str | os.PathLike[str]]) -> list[Root]:
     """Absolute, normalised roots (symbolic links in the root itself are kept as named)."""
     roots = []
@@ -36,8 +44,11 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def scan(roots: Sequence[Root], include_hidden: bool = False) -> Iterator[FileEntry | Failure]:
-    """Yield every image file under the roots, or a `Failure` for what cannot be looked at."""
+def scan(
+    roots: Sequence[Root], include_hidden: bool = False
+) -> Iterator[FileEntry | Failure | EmptyFolder]:
+    """Yield every image file under the roots, a `Failure` for what cannot be looked at, and
+    an `EmptyFolder` for each folder with nothing in it."""
     seen_dirs: set[tuple[int, int]] = set()
     seen_files: set[str] = set()
     for root in roots:
@@ -59,8 +70,8 @@ def _entry(path: str) -> FileEntry | Failure:
         st = os.stat(path)
     except FileNotFoundError:
         return Failure(path, "dangling symbolic link" if os.path.islink(path) else "file vanished")
-    except OSError as exc:
-        return Failure(path, f"cannot stat: {exc.strerror or exc}")
+    except OSError as exc:  # it may well be there: not seen to be gone
+        return Failure(path, f"cannot stat: {exc.strerror or exc}", keep=True)
     if not stat.S_ISREG(st.st_mode):
         return Failure(path, "not a regular file")
     return FileEntry(path, st.st_size, st.st_mtime_ns)
@@ -68,14 +79,15 @@ def _entry(path: str) -> FileEntry | Failure:
 
 def _walk(
     top: str, include_hidden: bool, seen_dirs: set[tuple[int, int]], seen_files: set[str]
-) -> Iterator[FileEntry | Failure]:
+) -> Iterator[FileEntry | Failure | EmptyFolder]:
     stack = [top]
     while stack:
         folder = stack.pop()
         try:
             st = os.stat(folder)
         except OSError as exc:
-            yield Failure(folder, f"cannot open folder: {exc.strerror or exc}")
+            gone = isinstance(exc, FileNotFoundError)
+            yield Failure(folder, f"cannot open folder: {exc.strerror or exc}", keep=not gone)
             continue
         key = (st.st_dev, st.st_ino)
         if key in seen_dirs:  # a symbolic-link loop, or a folder reached twice
@@ -84,8 +96,14 @@ def _walk(
         try:
             with os.scandir(folder) as it:
                 items = sorted(it, key=lambda e: e.name)
-        except OSError as exc:
+        except FileNotFoundError as exc:  # deleted since it was seen
             yield Failure(folder, f"cannot list folder: {exc.strerror or exc}")
+            continue
+        except OSError as exc:  # no permission, an I/O error: its contents are unknown
+            yield Failure(folder, f"cannot list folder: {exc.strerror or exc}", keep=True)
+            continue
+        if not items:
+            yield EmptyFolder(folder)
             continue
         subdirs = []
         for item in items:
@@ -108,8 +126,7 @@ def _walk(
 
 
 def under(root: Root, path: str) -> bool:
-    """Whether `path` is inside (or is) the root."""
-    if not root.is_dir:
-        return path == root.path
+    """Whether `path` is inside (or is) the root, whatever the root is now: a row for a root
+    folder that was a file, or inside a root file that was a folder, is under it too."""
     prefix = root.path if root.path.endswith(os.sep) else root.path + os.sep
-    return path.startswith(prefix)
+    return path == root.path or path.startswith(prefix)

@@ -63,10 +63,12 @@ class Prepared:
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """A file that could not be indexed, and why."""
+    """A file that could not be indexed, and why; `keep`: the path (a file, or a folder and
+    everything under it) could not be looked at, so what was indexed there stays."""
 
     path: str
     error: str
+    keep: bool = False
 
 
 @dataclass(slots=True)

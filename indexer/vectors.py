@@ -34,20 +34,24 @@ from the database and keeps the k best by exact inner product (`rescore`).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from indexer import indexfile
+from indexer.errors import IndexDamaged
+from indexer.indexfile import IndexState
+from indexer.indexfile import atomic_write as atomic_write  # re-exported
+from indexer.indexfile import atomic_write_with as atomic_write_with  # re-exported
 from indexer.types import Embeddings
 
 log = logging.getLogger(__name__)
@@ -123,55 +127,6 @@ def choose_kind(n: int, dim: int, policy: Policy | None = None) -> str:
     if n <= p.pq_limit:
         return f"IVF{nlist},SQ8"
     return f"IVF{nlist},PQ{_pq_subquantizers(dim)}"
-
-
-@dataclass(frozen=True, slots=True)
-class IndexState:
-    """What the header of a saved index records."""
-
-    generation: int
-    count: int
-    dim: int
-    kind: str
-    #: How many vectors the index was built (trained) for.
-    built: int = 0
-    #: The tuned IVF nprobe (0 for exhaustive kinds).
-    nprobe: int = 0
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_with(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write `path` through `write(fh)` so that a crash leaves either the old file or the new."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that a crash leaves either the old file or the new one."""
-
-    def write(fh: IO[bytes]) -> None:
-        fh.write(data)
-
-    atomic_write_with(path, write)
 
 
 def _family(index: Any) -> str:
@@ -286,8 +241,13 @@ class VectorIndex:
         have id -1. For the exact top k, search `candidates(k)` and `rescore`.
 
         `unlike`: the queries are unlike the indexed vectors (texts against images), so an
-        IVF index probes more lists (`Policy.unlike_probe_factor`).
+        IVF index probes more lists (`Policy.unlike_probe_factor`). A failure inside FAISS
+        is an `IndexDamaged`.
         """
+        with _damage_reported():
+            return self._search(queries, k, unlike)
+
+    def _search(self, queries: Embeddings, k: int, unlike: bool) -> tuple[Scores, Ids]:
         faiss = _faiss()
 
         index = self.index  # a concurrent swap replaces the reference, never mutates it
@@ -320,6 +280,12 @@ class VectorIndex:
         that about as many allowed candidates are seen as by an unfiltered search; and every
         list when that finds fewer than k, or when `exhaustive`.
         """
+        with _damage_reported():
+            return self._search_subset(queries, k, ids, unlike, exhaustive)
+
+    def _search_subset(
+        self, queries: Embeddings, k: int, ids: Ids, unlike: bool, exhaustive: bool
+    ) -> tuple[Scores, Ids]:
         faiss = _faiss()
 
         index = self.index
@@ -516,8 +482,6 @@ class VectorIndex:
     # -- files --------------------------------------------------------------------------------
     def save(self, path: Path, generation: int) -> None:
         """Save atomically, with the database generation it reflects in the same file."""
-        faiss = _faiss()
-
         with self._lock:
             index = self.index
             state = IndexState(
@@ -528,44 +492,16 @@ class VectorIndex:
                 built=self.built,
                 nprobe=self.nprobe,
             )
-            header = json.dumps(asdict(state)).encode()
-
-            def write(fh: IO[bytes]) -> None:
-                fh.write(_MAGIC + len(header).to_bytes(4, "little") + header)
-                faiss.write_index(index, faiss.PyCallbackIOWriter(fh.write))
-
-            atomic_write_with(path, write)
+            indexfile.save(path, index, state)
 
     @classmethod
     def open(
         cls, path: Path, dim: int, generation: int, count: int
     ) -> tuple[VectorIndex | None, str]:
-        """Load a saved index if it matches the database; else (None, why not)."""
-        faiss = _faiss()
-
-        try:
-            fh = open(path, "rb")  # noqa: SIM115 - closed by the `with` below
-        except FileNotFoundError:
-            return None, "missing"
-        except OSError as exc:
-            return None, f"unreadable ({exc.strerror or exc})"
-        with fh:
-            try:
-                if fh.read(len(_MAGIC)) != _MAGIC:
-                    raise ValueError("not a pixsearch index file")
-                size = int.from_bytes(fh.read(4), "little")
-                if not 0 < size < 1 << 16:
-                    raise ValueError("bad header")
-                state = IndexState(**json.loads(fh.read(size)))
-                if state.generation != generation:
-                    return None, (
-                        f"stale (built at generation {state.generation}, database at {generation})"
-                    )
-                index = faiss.read_index(faiss.PyCallbackIOReader(fh.read))
-                if fh.read(1):
-                    raise ValueError("trailing bytes")
-            except (RuntimeError, ValueError, TypeError, OSError) as exc:
-                return None, f"unreadable ({' '.join(str(exc).split())[:80]})"
+        """Load a saved index if it is intact and matches the database; else (None, why not)."""
+        index, state, why = indexfile.load(path, generation)
+        if index is None or state is None:
+            return None, why
         if index.ntotal != count or index.d != dim:
             return None, f"holds {index.ntotal} vectors of dimension {index.d}, expected {count}"
         if _family(index) not in ("flat32", "flat16", "sq8", "pq"):
@@ -576,7 +512,14 @@ class VectorIndex:
         return vi, "ok"
 
 
-_MAGIC = b"PIXSIDX1"
+@contextmanager
+def _damage_reported() -> Iterator[None]:
+    """FAISS failing inside a search (a damaged structure) as an `IndexDamaged`."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as exc:
+        reason = " ".join(str(exc).split())[:120] or type(exc).__name__
+        raise IndexDamaged(f"the FAISS index failed while searching ({reason})") from exc
 
 
 # -- FAISS helpers ----------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import numpy as np
 
 from indexer.db import Model
 from indexer.encoder import ClipEncoder
-from indexer.errors import InvalidInput, NotFound
+from indexer.errors import IndexDamaged, InvalidInput, NotFound
 from indexer.home import Home
 from indexer.imageio import decode, read_file
 from indexer.types import Embeddings
@@ -157,6 +157,13 @@ class Searcher:
     def _load(self, model: Model, generation: int) -> None:
         fresh = self.home.load_index(model.name, model.id, model.dim)
         self._index, self._generation = fresh, generation
+
+    def _rebuild(self, model: Model, why: str) -> VectorIndex:
+        """A fresh index from the stored embeddings, in place of one that failed."""
+        with self._lock:
+            fresh = self.home.load_index(model.name, model.id, model.dim, rebuild=why)
+            self._index, self._generation = fresh, int(model.generation or 0)
+        return fresh
 
     def _reload_in_background(self, model: Model, generation: int) -> None:
         try:
@@ -386,7 +393,11 @@ class Searcher:
             pool = max(pool, need * POOL_FACTOR, need + POOL_EXTRA)
         # A query with text in it is unlike the image embeddings the index was tuned on.
         unlike = bool((q.text and q.text.strip()) or q.negative)
-        ids, exhausted = self._retrieve(vec, pool, index, allowed, unlike)
+        try:
+            ids, exhausted = self._retrieve(vec, pool, index, allowed, unlike)
+        except IndexDamaged as exc:  # rebuilt from the stored embeddings, tried once more
+            index = self._rebuild(model, str(exc))
+            ids, exhausted = self._retrieve(vec, pool, index, allowed, unlike)
         lexical = {} if q.rerank == "none" else self._lexical(q)
         if lexical:
             extra = np.setdiff1d(np.fromiter(lexical, np.int64), ids)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import re
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -77,8 +81,11 @@ def run_cli(capsys: object, *args: str) -> Result:
     return Result(code, captured.out, captured.err)
 
 
-def run_subprocess(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> Result:
-    """Run `pixsearch ARGS` as a separate process, as a user would."""
+def run_subprocess(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300, bound: bool = False
+) -> Result:
+    """Run `pixsearch ARGS` as a separate process, as a user would; `bound`: held to file
+    permissions (see `unprivileged`)."""
     proc = subprocess.run(
         [sys.executable, "-m", "api.cli", *args],
         capture_output=True,
@@ -86,8 +93,54 @@ def run_subprocess(*args: str, env: dict[str, str] | None = None, timeout: float
         env={**os.environ, **(env or {})},
         timeout=timeout,
         cwd=ROOT,
+        **(unprivileged() if bound else {}),
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def _drop_file_capabilities() -> None:
+    # PR_CAPBSET_DROP of CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH and CAP_FOWNER: the program
+    # this child then runs as root has no way past file permissions.
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2, 3):
+        if libc.prctl(24, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
+def unprivileged() -> dict[str, Any]:
+    """subprocess keyword arguments that make a child obey file permissions and read-only
+    modes, as an ordinary user's process does.
+
+    As root (CI), the child keeps uid 0 but loses the capabilities that override file
+    permissions: `nobody` cannot run this interpreter when it lives under /root. Files the
+    tests chmod are root's, so their owner bits then apply to the child.
+    """
+    if os.geteuid() != 0:
+        return {}
+    return {"preexec_fn": _drop_file_capabilities}
+
+
+def start_serve(env: dict[str, str], *, bound: bool = False) -> tuple[subprocess.Popen[str], str]:
+    """Start `pixsearch serve --port 0`; (process, base URL) once it says where it serves."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "serve", "--port", "0"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        **(unprivileged() if bound else {}),
+    )
+    assert proc.stderr is not None
+    said = []
+    for line in proc.stderr:
+        said.append(line)
+        found = re.search(r"serving (http://\S+:\d+)", line)
+        if found:
+            threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep it drained
+            return proc, found.group(1)
+    proc.wait()
+    raise AssertionError(f"serve did not start: {''.join(said)}")
 
 
 def start_index(
