@@ -15,6 +15,7 @@ from typing import Protocol
 
 import numpy as np
 from sqlalchemy import ColumnElement, or_, select
+from sqlalchemy.exc import DatabaseError, IntegrityError, StatementError
 
 from indexer.db import Embedding, Image
 from indexer.encoder import ClipEncoder
@@ -291,7 +292,23 @@ class Indexer:
                     fut.cancel()
 
     def _flush(self, batch: list[Prepared], writer: Writer, report: IndexReport) -> None:
-        unplaced = self._write(batch, writer)
+        try:
+            unplaced = self._write(batch, writer)
+        except (StatementError, ValueError) as exc:
+            if not _one_item_error(exc):
+                raise
+            # Something in one item (a value the database refuses) must not cost the batch,
+            # nor end the run: the batch is written again item by item.
+            log.warning("a batch could not be stored (%s): storing its files one by one", exc)
+            unplaced = []
+            for p in batch:
+                try:
+                    unplaced += self._write([p], writer)
+                except (StatementError, ValueError) as item_exc:
+                    if not _one_item_error(item_exc):
+                        raise
+                    why = str(getattr(item_exc, "orig", None) or item_exc).splitlines()[0]
+                    report.failed.append(Failure(p.job.entry.path, f"cannot be stored: {why}"))
         if unplaced:
             # Their content's only row changed or went earlier in this run: no twin is left
             # to copy from, so they are read in full like new files.
@@ -325,3 +342,9 @@ class Indexer:
     def _advance(self, n: int) -> None:
         if self.progress is not None:
             self.progress.advance(n)
+
+
+def _one_item_error(exc: Exception) -> bool:
+    """Whether a failed write is about the data written (a value, a constraint), not about
+    the database itself (locked, full, read-only, damaged), which would fail every item."""
+    return isinstance(exc, IntegrityError) or not isinstance(exc, DatabaseError)
