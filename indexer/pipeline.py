@@ -21,7 +21,7 @@ from indexer.db import Embedding, Image
 from indexer.encoder import ClipEncoder
 from indexer.errors import HomeError, UnreadableImage
 from indexer.home import Home
-from indexer.imageio import DRAFT_OVERSAMPLE, content_hash, decode, read_file
+from indexer.imageio import DRAFT_OVERSAMPLE, content_hash, decode, max_file_bytes, read_file
 from indexer.scan import Root, normalise_roots, scan, under
 from indexer.types import Failure, FileEntry, IndexReport, Job, Prepared
 from indexer.writer import Writer
@@ -115,9 +115,12 @@ def _rows_under(home: Home, roots: Sequence[Root]) -> dict[str, tuple[int, int, 
 
 
 def read(job: Job, embedded: set[str], encoder: ClipEncoder, max_pixels: int) -> Prepared | Failure:
-    """The read stage: hash the file, and decode and prepare it unless its content is known."""
+    """The read stage: hash the file, and decode and prepare it unless its content is known.
+
+    Whatever goes wrong with one file is that file's `Failure`: it never stops the run.
+    """
     try:
-        data = read_file(job.entry.path)
+        data = read_file(job.entry.path, max_file_bytes(max_pixels))
         digest = content_hash(data)
         if digest in embedded:
             return Prepared(job, digest)
@@ -126,6 +129,11 @@ def read(job: Job, embedded: set[str], encoder: ClipEncoder, max_pixels: int) ->
         return Prepared(job, digest, meta, encoder.prepare(img))
     except UnreadableImage as exc:
         return Failure(job.entry.path, str(exc))
+    except MemoryError:
+        return Failure(job.entry.path, "image too large: not enough memory to read it")
+    except Exception as exc:  # a decoder's bug on one odd file must not end the run
+        log.debug("reading %r failed", job.entry.path, exc_info=True)
+        return Failure(job.entry.path, f"cannot read image: {type(exc).__name__}: {exc}"[:200])
 
 
 @contextmanager

@@ -6,7 +6,7 @@ import io
 import logging
 from pathlib import Path
 
-from indexer.imageio import decode, read_file
+from indexer.imageio import decode, max_file_bytes, read_file
 from indexer.vectors import atomic_write
 
 log = logging.getLogger(__name__)
@@ -20,7 +20,8 @@ def thumbnail(home_path: Path, content_hash: str, source: str, max_pixels: int) 
     path = folder / f"{content_hash}.jpg"
     if path.is_file():
         return path
-    img, _ = decode(read_file(source), max_pixels=max_pixels, min_side=THUMBNAIL_SIZE)
+    data = read_file(source, max_file_bytes(max_pixels))
+    img, _ = decode(data, max_pixels=max_pixels, min_side=THUMBNAIL_SIZE)
     img.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=85, optimize=True)

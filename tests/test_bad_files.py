@@ -25,7 +25,7 @@ def _bad_folder(folder: Path) -> dict[str, str]:
     return {
         "empty.jpg": "empty",
         "truncated.jpg": "truncated",
-        "notes.jpg": "not an image",
+        "notes.jpg": "not a supported image",
         "dangling.png": "dangling",
         "huge.png": "too large",
         "header-only.png": "",
