@@ -8,6 +8,9 @@ import logging
 import os
 import stat
 import struct
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -170,6 +173,38 @@ def to_rgb(img: PILImage.Image) -> PILImage.Image:
     return img.convert("RGB")
 
 
+class MemoryBudget:
+    """Memory that the decodes in flight may take together: each waits for its share, so
+    that many large images at once (concurrent uploads, reader threads) stay within it."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.used = 0
+        self.waiting = 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def hold(self, n: int) -> Iterator[None]:
+        """Take `n` bytes of the budget for the block (all of it if `n` is larger)."""
+        with self._cond:
+            self.waiting += 1
+            try:
+                self._cond.wait_for(lambda: self.used == 0 or self.used + n <= self.total)
+            finally:
+                self.waiting -= 1
+            self.used += n
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= n
+                self._cond.notify_all()
+
+
+#: The process's decoding memory: DECODE_BUDGET for all decodes together.
+decode_memory = MemoryBudget(DECODE_BUDGET)
+
+
 def _shrink(img: PILImage.Image, factor: int) -> PILImage.Image:
     """Box-reduce by `factor` in (nearly) the image's own mode, before any RGB copy."""
     if img.mode == "1":
@@ -254,12 +289,13 @@ def _decode(
                 f"image too large: decoding {img.size[0]}x{img.size[1]} ({img.mode}) would take "
                 f"{need / 2**30:.1f} GiB of memory"
             )
-        img.load()
-        if factor > 1:
-            img = _shrink(img, factor)
-        if orientation in _TRANSPOSE:
-            img = img.transpose(Image.Transpose(_TRANSPOSE[orientation]))
-        return to_rgb(img), meta
+        with decode_memory.hold(need):
+            img.load()
+            if factor > 1:
+                img = _shrink(img, factor)
+            if orientation in _TRANSPOSE:
+                img = img.transpose(Image.Transpose(_TRANSPOSE[orientation]))
+            return to_rgb(img), meta
     except UnreadableImage:
         raise
     except MemoryError:

@@ -196,6 +196,28 @@ def test_over_the_memory_budget_is_refused_before_decoding(monkeypatch) -> None:
     assert img.mode == "RGB" and max(img.size) < 1000
 
 
+def test_large_decodes_at_once_share_one_memory_budget(monkeypatch) -> None:
+    import time
+
+    import indexer.imageio as imageio
+
+    budget = imageio.MemoryBudget(400 << 20)
+    monkeypatch.setattr(imageio, "decode_memory", budget)
+    data = bomb_png(12_000, 12_000)  # ~290 MB at its peak, reduced as for indexing
+    done: list[object] = []
+    with budget.hold(200 << 20):  # another decode in flight
+        worker = threading.Thread(
+            target=lambda: done.append(imageio.decode(data, max_pixels=10**9, min_side=448))
+        )
+        worker.start()
+        deadline = time.monotonic() + 120  # a safety valve: a failing test must end
+        while budget.waiting == 0 and worker.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert budget.waiting == 1 and not done  # it waits for its share
+    worker.join(120)
+    assert len(done) == 1 and budget.used == 0
+
+
 _PEAK = """
 import resource, sys
 from api.cli import main
