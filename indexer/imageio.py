@@ -277,7 +277,6 @@ def _decode(
             )
         fmt = (img.format or "unknown").lower()
         meta = _describe(img, fmt)
-        orientation = img.getexif().get(_ORIENTATION)
         if min_side and fmt == "jpeg":
             img.draft(None, (min_side, min_side))
         # Reduced in its own mode first: a 1-bit or palette image is 4x larger as RGB.
@@ -291,6 +290,8 @@ def _decode(
             )
         with decode_memory.hold(need):
             img.load()
+            # Read once loaded (a TIFF's tags are complete only then), applied after reducing.
+            orientation = img.getexif().get(_ORIENTATION)
             if factor > 1:
                 img = _shrink(img, factor)
             if orientation in _TRANSPOSE:
