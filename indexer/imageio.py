@@ -329,6 +329,8 @@ def open_regular(path: str) -> int:
     """
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
     try:
+        # Looked at first, so that what is a device already is never opened at all.
+        _check_regular(os.stat(path).st_mode)
         fd = os.open(path, flags)
     except FileNotFoundError:
         raise UnreadableImage("file disappeared or is a dangling symbolic link") from None
@@ -341,14 +343,21 @@ def open_regular(path: str) -> int:
             f"cannot read file: {getattr(exc, 'strerror', None) or exc}"
         ) from None
     try:
-        mode = os.fstat(fd).st_mode
+        _check_regular(os.fstat(fd).st_mode)  # what was opened, in case the path changed
     except OSError as exc:
         os.close(fd)
         raise UnreadableImage(f"cannot read file: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(mode):
+    except UnreadableImage:
         os.close(fd)
-        raise UnreadableImage("not a regular file (a FIFO, device or socket)")
+        raise
     return fd
+
+
+def _check_regular(mode: int) -> None:
+    if stat.S_ISDIR(mode):
+        raise UnreadableImage("is a directory")
+    if not stat.S_ISREG(mode):
+        raise UnreadableImage("not a regular file (a FIFO, device or socket)")
 
 
 def read_file(path: str, max_bytes: int | None = None) -> bytes:

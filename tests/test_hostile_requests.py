@@ -44,6 +44,8 @@ def test_a_name_that_is_not_utf8_is_searched_and_served(env, photos: Path, capsy
         original = c.get(f"/images/{image_id}")
         assert original.status_code == 200
         assert original.content == Path(odd).read_bytes()
+        part = c.get(f"/images/{image_id}", headers={"Range": "bytes=2-9"})
+        assert part.status_code == 206 and part.content == Path(odd).read_bytes()[2:10]
         assert c.get(f"/images/{image_id}/thumbnail").status_code == 200
         assert c.get(f"/images/{image_id}/similar?k=3").status_code == 200
 
@@ -147,3 +149,21 @@ def test_an_eps_upload_never_reaches_ghostscript(
     assert res.status_code == 400, res.text
     assert res.json()["detail"].startswith("not a supported image")
     assert not marker.exists(), "Ghostscript was run on an upload"
+
+
+def test_links_to_photos_are_followed_and_links_to_devices_refused(
+    env, photos: Path, capsys
+) -> None:
+    (photos / "sub").mkdir()
+    link = photos / "sub" / "link.jpg"
+    link.symlink_to(photos / "img_0004.jpg")
+    (photos / "zero.jpg").symlink_to("/dev/zero")
+    summary = run_cli(capsys, "index", str(photos), "--json").json()
+    assert summary["added"] == 13
+    assert summary["failed"] == [{"path": str(photos / "zero.jpg"), "error": "not a regular file"}]
+    image_id = _image_id(str(link))
+    with TestClient(create_app()) as c:
+        original = c.get(f"/images/{image_id}")
+        assert original.status_code == 200
+        assert original.content == (photos / "img_0004.jpg").read_bytes()
+        assert c.get(f"/images/{image_id}/thumbnail").status_code == 200
