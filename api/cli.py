@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+from api.display import one_line
+
 if TYPE_CHECKING:
     from indexer.settings import Settings
     from search.engine import Hit
@@ -206,7 +208,7 @@ def index(
         f"{report.images_per_second:.1f} images/s)"
     )
     for failure in report.failed[:20]:
-        typer.echo(f"  failed: {failure.path}: {failure.error}", err=True)
+        typer.echo(f"  failed: {one_line(failure.path)}: {failure.error}", err=True)
     if len(report.failed) > 20:
         typer.echo(f"  ... and {len(report.failed) - 20} more (see --json)", err=True)
 
@@ -221,9 +223,9 @@ def _print_hits(hits: list[Hit], as_json: bool) -> None:
     typer.echo(f"{'score':>7}  {'id':>7}  {'size':>11}  {'taken':<19}  path")
     for h in hits:
         taken = h.taken_at.isoformat(sep=" ") if h.taken_at else "-"
-        typer.echo(
-            f"{h.score:7.4f}  {h.id:>7}  {f'{h.width}x{h.height}':>11}  {taken:<19}  {h.path}"
-        )
+        # One line per hit, whatever the file name holds; --json keeps paths exact.
+        path = one_line(h.path)
+        typer.echo(f"{h.score:7.4f}  {h.id:>7}  {f'{h.width}x{h.height}':>11}  {taken:<19}  {path}")
 
 
 def _searcher() -> Any:

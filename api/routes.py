@@ -5,14 +5,18 @@ from __future__ import annotations
 import logging
 import mimetypes
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import date
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
 from api.schemas import (
     FiltersIn,
@@ -24,7 +28,8 @@ from api.schemas import (
 )
 from api.security import servable
 from api.service import Service
-from indexer.errors import InvalidInput, NotFound
+from indexer.errors import ImageTooLarge, InvalidInput, NotFound, UnreadableImage
+from indexer.imageio import open_regular
 from indexer.thumbnails import thumbnail
 from search.query import Query as SearchQuery
 from search.query import SearchResult
@@ -161,7 +166,10 @@ async def search_image(
     query_text = opts.text or None
 
     def run() -> SearchResponse:
-        vec = service.searcher.embed_image_bytes(data)
+        try:
+            vec = service.searcher.embed_image_bytes(data)
+        except ImageTooLarge as exc:
+            raise HTTPException(413, f"{exc} (uploads: PIXSEARCH_MAX_UPLOAD_PIXELS)") from None
         return _respond(service, opts.to_query(text=query_text, image_vector=vec))
 
     return await run_in_threadpool(run)
@@ -180,6 +188,28 @@ def _row(service: Service, image_id: int, *, serving: bool = False) -> Any:
     return row
 
 
+class _OpenedFile(FileResponse):
+    """A FileResponse that sends a file opened and checked beforehand: opening its path again
+    could meet a FIFO put there since, and block a worker thread for good."""
+
+    def __init__(self, fd: int, path: str, media_type: str) -> None:
+        self._fh = os.fdopen(fd, "rb")
+        super().__init__(path, media_type=media_type, stat_result=os.fstat(fd))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # No `pathsend`: the server would open the path itself.
+        extensions = {k: v for k, v in scope.get("extensions", {}).items() if "pathsend" not in k}
+        try:
+            await super().__call__({**scope, "extensions": extensions}, receive, send)
+        finally:
+            self._fh.close()
+
+    @asynccontextmanager
+    async def _open_file(self) -> AsyncIterator[anyio.AsyncFile[bytes]]:
+        self._fh.seek(0)
+        yield anyio.AsyncFile(self._fh)
+
+
 @router.get("/images/{image_id}", tags=["images"], response_class=FileResponse)
 def image(image_id: int, request: Request) -> FileResponse:
     """The original file of an indexed image."""
@@ -188,7 +218,11 @@ def image(image_id: int, request: Request) -> FileResponse:
     media = (
         _TYPES.get(row.format) or mimetypes.guess_type(row.path)[0] or "application/octet-stream"
     )
-    return FileResponse(row.path, media_type=media)
+    try:
+        fd = open_regular(row.path)
+    except UnreadableImage as exc:
+        raise NotFound(f"image {image_id} cannot be served: {exc}") from None
+    return _OpenedFile(fd, row.path, media)
 
 
 @router.get(

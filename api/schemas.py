@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from api.display import printable
 from search.query import Filters, Hit, Query, RerankMode
 
 RerankIn = bool | Literal["none", "standard", "mmr", "generative"]
@@ -116,7 +117,7 @@ class HitOut(BaseModel):
     """One result."""
 
     id: int
-    path: str
+    path: str = Field(description="The file's path; bytes that are not UTF-8 show as \\xNN.")
     score: float
     width: int
     height: int
@@ -128,7 +129,7 @@ class HitOut(BaseModel):
     def of(cls, hit: Hit) -> HitOut:
         return cls(
             id=hit.id,
-            path=hit.path,
+            path=printable(hit.path),
             score=round(hit.score, 6),
             width=hit.width,
             height=hit.height,

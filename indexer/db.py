@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +18,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    TypeDecorator,
     create_engine,
     event,
     text,
@@ -30,6 +32,38 @@ log = logging.getLogger(__name__)
 SCHEMA_REVISION = "0003"
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_ESCAPED = re.compile("\x00([0-9a-f]{4})")
+
+
+def encode_path(path: str) -> str:
+    """A path as storable UTF-8 text. A Linux file name is bytes; the bytes that are not
+    UTF-8 come from `os.fsdecode` as lone surrogates, which UTF-8 cannot hold: each becomes
+    NUL and four hex digits. No path holds a NUL, so this is lossless, and it maps character
+    by character, so a folder's prefix stays the prefix of its files."""
+    return _SURROGATE.sub(lambda m: f"\x00{ord(m.group()):04x}", path)
+
+
+def decode_path(text: str) -> str:
+    """The inverse of `encode_path`."""
+    if "\x00" not in text:
+        return text
+    return _ESCAPED.sub(lambda m: chr(int(m.group(1), 16)), text)
+
+
+class FsPath(TypeDecorator[str]):
+    """A file system path stored as TEXT, any file name included (see `encode_path`)."""
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: object) -> str | None:
+        return None if value is None else encode_path(value)
+
+    def process_result_value(self, value: str | None, dialect: object) -> str | None:
+        return None if value is None else decode_path(value)
+
+
 class Base(DeclarativeBase):
     """Declarative base of every table."""
 
@@ -40,7 +74,7 @@ class Image(Base):
     __tablename__ = "images"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    path: Mapped[str] = mapped_column(String, unique=True)
+    path: Mapped[str] = mapped_column(FsPath, unique=True)
     size: Mapped[int] = mapped_column(Integer)
     mtime_ns: Mapped[int] = mapped_column(Integer)
     content_hash: Mapped[str] = mapped_column(String(32), index=True)
@@ -103,7 +137,7 @@ class Library(Base):
     __tablename__ = "libraries"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    path: Mapped[str] = mapped_column(String, unique=True)
+    path: Mapped[str] = mapped_column(FsPath, unique=True)
     added_at: Mapped[datetime]
 
 

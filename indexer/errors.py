@@ -11,6 +11,10 @@ class UnreadableImage(PixsearchError):
     """A file could not be read as an image (empty, truncated, not an image, too large...)."""
 
 
+class ImageTooLarge(UnreadableImage):
+    """An image over a pixel, memory or file-size limit (a decompression bomb, or just huge)."""
+
+
 class ModelUnavailable(PixsearchError):
     """Model weights or configuration could not be loaded."""
 

@@ -5,13 +5,18 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
+import stat
 import struct
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from indexer.errors import UnreadableImage
+from indexer.errors import ImageTooLarge, UnreadableImage
 from indexer.types import ImageMeta
 
 if TYPE_CHECKING:
@@ -47,7 +52,23 @@ DRAFT_OVERSAMPLE = 2
 _EXIF_IFD, _GPS_IFD = 0x8769, 0x8825
 _DATETIME_ORIGINAL, _DATETIME_DIGITIZED, _DATETIME = 36867, 36868, 306
 _MAKE, _MODEL, _ORIENTATION = 271, 272, 274
-_heif_registered = False
+#: The only decoders pixsearch lets Pillow use, whatever a file is named or holds: others
+#: would run on untrusted bytes too (EPS even hands the file to Ghostscript).
+SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "DIB", "TIFF", "HEIF", "AVIF")
+NOT_SUPPORTED = "not a supported image (JPEG, PNG, WebP, GIF, BMP, TIFF, HEIF/AVIF)"
+
+#: Most memory one decode may take (decoded pixels and the copies made to convert them),
+#: whatever the pixel limit allows: a 250 MP RGB photo needs 1 GB, and one working copy.
+DECODE_BUDGET = 2 << 30
+#: Decodes larger than this hand their freed heap back to the OS when done.
+_TRIM_ABOVE = 64 << 20
+#: Bytes per pixel of an image held by Pillow, by mode (multi-band modes take 4).
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+#: Bytes per pixel `to_rgb` needs on top, by mode: 32-bit modes go through float64 arrays.
+_CONVERT_BYTES = {"RGB": 0, "I": 26, "F": 26, "I;16": 24, "I;16B": 24, "I;16L": 24, "I;16N": 24}
+_TRANSPOSE = {2: 0, 3: 3, 4: 1, 5: 5, 6: 4, 7: 6, 8: 2}  # EXIF orientation -> Image.Transpose
+
+_formats: tuple[str, ...] | None = None
 
 
 def content_hash(data: bytes) -> str:
@@ -55,9 +76,10 @@ def content_hash(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def _register_plugins() -> None:
-    global _heif_registered
-    if not _heif_registered:
+def _register_plugins() -> tuple[str, ...]:
+    """Register HEIF once; the supported formats this Pillow can open."""
+    global _formats
+    if _formats is None:
         from PIL import Image
 
         # pixsearch applies its own, configurable pixel limit before decoding.
@@ -68,7 +90,9 @@ def _register_plugins() -> None:
             pillow_heif.register_heif_opener()
         except ImportError:  # pragma: no cover - optional at run time
             log.warning("pillow-heif is not installed: HEIC/HEIF files cannot be read")
-        _heif_registered = True
+        Image.init()
+        _formats = tuple(f for f in SUPPORTED_FORMATS if f in Image.OPEN)
+    return _formats
 
 
 def _clean(value: object, limit: int = 64) -> str | None:
@@ -149,25 +173,97 @@ def to_rgb(img: PILImage.Image) -> PILImage.Image:
     return img.convert("RGB")
 
 
+class MemoryBudget:
+    """Memory that the decodes in flight may take together: each waits for its share, so
+    that many large images at once (concurrent uploads, reader threads) stay within it."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.used = 0
+        self.waiting = 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def hold(self, n: int) -> Iterator[None]:
+        """Take `n` bytes of the budget for the block (all of it if `n` is larger)."""
+        with self._cond:
+            self.waiting += 1
+            try:
+                self._cond.wait_for(lambda: self.used == 0 or self.used + n <= self.total)
+            finally:
+                self.waiting -= 1
+            self.used += n
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= n
+                self._cond.notify_all()
+
+
+#: The process's decoding memory: DECODE_BUDGET for all decodes together.
+decode_memory = MemoryBudget(DECODE_BUDGET)
+
+
+def _shrink(img: PILImage.Image, factor: int) -> PILImage.Image:
+    """Box-reduce by `factor` in (nearly) the image's own mode, before any RGB copy."""
+    if img.mode == "1":
+        img = img.convert("L")
+    elif img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif img.mode.startswith("I;16"):
+        img = img.convert("I")
+    return img.reduce(factor)
+
+
+def _memory_needed(img: PILImage.Image, factor: int) -> int:
+    """Bytes the decode will hold at its peak: the decoded image, the copy a reduction in
+    its mode needs, and the RGB conversion (of the reduced image)."""
+    w, h = img.size
+    native = w * h * _MODE_BYTES.get(img.mode, 4)
+    pre = 0
+    if factor > 1 and (img.mode in ("1", "P") or img.mode.startswith("I;16")):
+        pre = w * h * (1 if img.mode == "1" else 4)
+    after = (w // factor) * (h // factor) if factor > 1 else w * h
+    mode = "L" if img.mode == "1" else "I" if img.mode.startswith("I;16") else img.mode
+    return native + pre + after * (4 + _CONVERT_BYTES.get(mode, 4))
+
+
 def decode(
     data: bytes, *, max_pixels: int, min_side: int | None = None
 ) -> tuple[PILImage.Image, ImageMeta]:
     """Decode image bytes into an oriented RGB image and its metadata.
 
-    With `min_side`, a JPEG is decoded at the smallest DCT scale whose short side stays at
-    least `min_side` pixels. Raises `UnreadableImage` with a short reason.
+    With `min_side`, the image is decoded or reduced to the smallest size whose short side
+    stays at least `min_side` pixels (a JPEG by DCT scaling, others by a box filter in their
+    own mode, before any RGB copy). Raises `UnreadableImage` with a short reason, and
+    `ImageTooLarge` for an image over the pixel limit or the memory budget.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    spent = [0]
+    try:
+        return _decode(data, max_pixels, min_side, spent)
+    finally:
+        # The decoded pixels are gone by now; without this, the heap keeps them resident.
+        if spent[0] > _TRIM_ABOVE:
+            return_freed_memory()
 
-    _register_plugins()
+
+def _decode(
+    data: bytes, max_pixels: int, min_side: int | None, spent: list[int]
+) -> tuple[PILImage.Image, ImageMeta]:
+    from PIL import Image, UnidentifiedImageError
+
+    formats = _register_plugins()
     if not data:
         raise UnreadableImage("empty file")
     try:
-        img = Image.open(io.BytesIO(data))
+        img: PILImage.Image = Image.open(io.BytesIO(data), formats=formats)
     except UnidentifiedImageError:
-        raise UnreadableImage("not an image") from None
+        raise UnreadableImage(NOT_SUPPORTED) from None
     except Image.DecompressionBombError as exc:
-        raise UnreadableImage(f"image too large ({exc})") from None
+        raise ImageTooLarge(f"image too large ({exc})") from None
+    except MemoryError:
+        raise ImageTooLarge("not enough memory to read this image") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise UnreadableImage(f"cannot read image: {exc}") from None
     try:
@@ -175,20 +271,36 @@ def decode(
         if width <= 0 or height <= 0:
             raise UnreadableImage("image has no pixels")
         if width * height > max_pixels:
-            raise UnreadableImage(
+            raise ImageTooLarge(
                 f"image too large: {width}x{height} is over the limit of "
-                f"{max_pixels / 1e6:g} megapixels (PIXSEARCH_MAX_IMAGE_PIXELS)"
+                f"{max_pixels / 1e6:g} megapixels"
             )
         fmt = (img.format or "unknown").lower()
         meta = _describe(img, fmt)
         if min_side and fmt == "jpeg":
             img.draft(None, (min_side, min_side))
-        img.load()
-        # Without in_place, an upright image comes back as a full copy (~2.5 ms at 12 MP).
-        ImageOps.exif_transpose(img, in_place=True)
-        return to_rgb(img), meta
+        # Reduced in its own mode first: a 1-bit or palette image is 4x larger as RGB.
+        factor = min(img.size) // min_side if min_side else 1
+        factor = factor if factor >= 2 else 1
+        need = spent[0] = _memory_needed(img, factor)
+        if need > DECODE_BUDGET:
+            raise ImageTooLarge(
+                f"image too large: decoding {img.size[0]}x{img.size[1]} ({img.mode}) would take "
+                f"{need / 2**30:.1f} GiB of memory"
+            )
+        with decode_memory.hold(need):
+            img.load()
+            # Read once loaded (a TIFF's tags are complete only then), applied after reducing.
+            orientation = img.getexif().get(_ORIENTATION)
+            if factor > 1:
+                img = _shrink(img, factor)
+            if orientation in _TRANSPOSE:
+                img = img.transpose(Image.Transpose(_TRANSPOSE[orientation]))
+            return to_rgb(img), meta
     except UnreadableImage:
         raise
+    except MemoryError:
+        raise ImageTooLarge("not enough memory to decode this image") from None
     except OSError as exc:
         msg = str(exc)
         if "truncated" in msg or "premature end" in msg.lower():
@@ -198,16 +310,76 @@ def decode(
         raise UnreadableImage(f"cannot decode image: {str(exc)[:120]}") from None
 
 
-def read_file(path: str) -> bytes:
-    """Read a whole file, turning OS errors into `UnreadableImage`."""
+def return_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc only): after a large decode they would
+    otherwise stay resident in the process."""
+    import ctypes
+
     try:
-        with open(path, "rb") as fh:
-            return fh.read()
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def open_regular(path: str) -> int:
+    """Open a file for reading, only if it is a regular file (symbolic links followed).
+
+    Non-blocking, so that a FIFO or a device put where a photo was can never hang the
+    caller in `open()`; the opened descriptor is checked, not the path (no race).
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        # Looked at first, so that what is a device already is never opened at all.
+        _check_regular(os.stat(path).st_mode)
+        fd = os.open(path, flags)
     except FileNotFoundError:
         raise UnreadableImage("file disappeared or is a dangling symbolic link") from None
     except PermissionError:
         raise UnreadableImage("permission denied") from None
     except IsADirectoryError:
         raise UnreadableImage("is a directory") from None
+    except (OSError, ValueError) as exc:
+        raise UnreadableImage(
+            f"cannot read file: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
+    try:
+        _check_regular(os.fstat(fd).st_mode)  # what was opened, in case the path changed
+    except OSError as exc:
+        os.close(fd)
+        raise UnreadableImage(f"cannot read file: {exc.strerror or exc}") from None
+    except UnreadableImage:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check_regular(mode: int) -> None:
+    if stat.S_ISDIR(mode):
+        raise UnreadableImage("is a directory")
+    if not stat.S_ISREG(mode):
+        raise UnreadableImage("not a regular file (a FIFO, device or socket)")
+
+
+def read_file(path: str, max_bytes: int | None = None) -> bytes:
+    """Read a whole regular file, turning OS errors into `UnreadableImage`; a file over
+    `max_bytes` is refused before it is read."""
+    fd = open_regular(path)
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if max_bytes is not None and size > max_bytes:
+                raise ImageTooLarge(
+                    f"file too large: {size} bytes, more than any image under the pixel "
+                    f"limit needs ({max_bytes})"
+                )
+            return fh.read()
+    except MemoryError:
+        raise ImageTooLarge("not enough memory to read this file") from None
     except OSError as exc:
         raise UnreadableImage(f"cannot read file: {exc.strerror or exc}") from None
+
+
+def max_file_bytes(max_pixels: int) -> int:
+    """The largest file worth reading for a pixel limit: 8 bytes a pixel (16-bit RGBA, not
+    compressed) and room for metadata."""
+    return 8 * max_pixels + (64 << 20)

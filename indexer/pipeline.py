@@ -15,13 +15,14 @@ from typing import Protocol
 
 import numpy as np
 from sqlalchemy import ColumnElement, or_, select
+from sqlalchemy.exc import DatabaseError, IntegrityError, StatementError
 
 from indexer import homeerrors
 from indexer.db import Embedding, Image
 from indexer.encoder import ClipEncoder
 from indexer.errors import HomeError, UnreadableImage
 from indexer.home import Home
-from indexer.imageio import DRAFT_OVERSAMPLE, content_hash, decode, read_file
+from indexer.imageio import DRAFT_OVERSAMPLE, content_hash, decode, max_file_bytes, read_file
 from indexer.scan import EmptyFolder, Root, normalise_roots, scan, under
 from indexer.types import Failure, FileEntry, IndexReport, Job, Prepared
 from indexer.writer import Writer
@@ -163,9 +164,12 @@ def _rows_under(home: Home, roots: Sequence[Root]) -> dict[str, tuple[int, int, 
 
 
 def read(job: Job, embedded: set[str], encoder: ClipEncoder, max_pixels: int) -> Prepared | Failure:
-    """The read stage: hash the file, and decode and prepare it unless its content is known."""
+    """The read stage: hash the file, and decode and prepare it unless its content is known.
+
+    Whatever goes wrong with one file is that file's `Failure`: it never stops the run.
+    """
     try:
-        data = read_file(job.entry.path)
+        data = read_file(job.entry.path, max_file_bytes(max_pixels))
         digest = content_hash(data)
         if digest in embedded:
             return Prepared(job, digest)
@@ -174,6 +178,11 @@ def read(job: Job, embedded: set[str], encoder: ClipEncoder, max_pixels: int) ->
         return Prepared(job, digest, meta, encoder.prepare(img))
     except UnreadableImage as exc:
         return Failure(job.entry.path, str(exc))
+    except MemoryError:
+        return Failure(job.entry.path, "image too large: not enough memory to read it")
+    except Exception as exc:  # a decoder's bug on one odd file must not end the run
+        log.debug("reading %r failed", job.entry.path, exc_info=True)
+        return Failure(job.entry.path, f"cannot read image: {type(exc).__name__}: {exc}"[:200])
 
 
 @contextmanager
@@ -347,7 +356,23 @@ class Indexer:
                     fut.cancel()
 
     def _flush(self, batch: list[Prepared], writer: Writer, report: IndexReport) -> None:
-        unplaced = self._write(batch, writer)
+        try:
+            unplaced = self._write(batch, writer)
+        except (StatementError, ValueError) as exc:
+            if not _one_item_error(exc):
+                raise
+            # Something in one item (a value the database refuses) must not cost the batch,
+            # nor end the run: the batch is written again item by item.
+            log.warning("a batch could not be stored (%s): storing its files one by one", exc)
+            unplaced = []
+            for p in batch:
+                try:
+                    unplaced += self._write([p], writer)
+                except (StatementError, ValueError) as item_exc:
+                    if not _one_item_error(item_exc):
+                        raise
+                    why = str(getattr(item_exc, "orig", None) or item_exc).splitlines()[0]
+                    report.failed.append(Failure(p.job.entry.path, f"cannot be stored: {why}"))
         if unplaced:
             # Their content's only row changed or went earlier in this run: no twin is left
             # to copy from, so they are read in full like new files.
@@ -381,3 +406,9 @@ class Indexer:
     def _advance(self, n: int) -> None:
         if self.progress is not None:
             self.progress.advance(n)
+
+
+def _one_item_error(exc: Exception) -> bool:
+    """Whether a failed write is about the data written (a value, a constraint), not about
+    the database itself (locked, full, read-only, damaged), which would fail every item."""
+    return isinstance(exc, IntegrityError) or not isinstance(exc, DatabaseError)

@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         250_000_000, ge=1, description="Images with more pixels are refused (decompression bombs)."
     )
+    max_upload_pixels: int = Field(
+        50_000_000,
+        ge=1,
+        description="Uploaded query images with more pixels are refused: an upload is anyone's "
+        "file, and its decoded pixels take memory in the server.",
+    )
     include_hidden: bool = Field(False, description="Index hidden files and folders too.")
 
     captioner: str = Field(

@@ -7,7 +7,7 @@ import logging
 import threading
 from pathlib import Path
 
-from indexer.imageio import decode, read_file
+from indexer.imageio import decode, max_file_bytes, read_file
 from indexer.indexfile import atomic_write
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,11 @@ def thumbnail(home_path: Path, content_hash: str, source: str, max_pixels: int) 
         data = b""
     if _complete(data):
         return data
-    img, _ = decode(read_file(source), max_pixels=max_pixels, min_side=THUMBNAIL_SIZE)
+    img, _ = decode(
+        read_file(source, max_file_bytes(max_pixels)),
+        max_pixels=max_pixels,
+        min_side=THUMBNAIL_SIZE,
+    )
     img.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=85, optimize=True)

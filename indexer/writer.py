@@ -79,6 +79,31 @@ class Writer:
         touched: list[int] = []
         vecs: list[np.ndarray] = []
         unplaced: list[Prepared] = []
+        saved = self._counts()
+        try:
+            self._transaction(batch, fresh, dim, touched, vecs, unplaced)
+        except BaseException:
+            self._restore(saved)  # the transaction rolled back; the caller may retry
+            raise
+        ids = np.asarray(touched, np.int64)
+        # Rows that existed may already be in the index with an older vector.
+        self.index.remove(ids)
+        self.index.add(ids, np.stack(vecs) if vecs else np.zeros((0, dim), np.float32))
+        self._dirty = True
+        if time.monotonic() - self._last_save > self._checkpoint:
+            self.rebuild_if_outgrown()
+            self.save()
+        return unplaced
+
+    def _transaction(
+        self,
+        batch: list[Prepared],
+        fresh: dict[str, np.ndarray],
+        dim: int,
+        touched: list[int],
+        vecs: list[np.ndarray],
+        unplaced: list[Prepared],
+    ) -> None:
         with self.home.session() as s, s.begin():
             inserted = self._store_embeddings(s, fresh) if fresh else set()
             # Content embedded before keeps its stored vector, so the index and the database
@@ -99,15 +124,15 @@ class Writer:
                 touched.append(self._upsert(s, p, meta, now))
                 vecs.append(vec)
             self.home.bump_generation(s)
-        ids = np.asarray(touched, np.int64)
-        # Rows that existed may already be in the index with an older vector.
-        self.index.remove(ids)
-        self.index.add(ids, np.stack(vecs) if vecs else np.zeros((0, dim), np.float32))
-        self._dirty = True
-        if time.monotonic() - self._last_save > self._checkpoint:
-            self.rebuild_if_outgrown()
-            self.save()
-        return unplaced
+
+    def _counts(self) -> tuple[tuple[int, ...], dict[int, str], dict[str, list[int]]]:
+        r = self.report
+        counts = (r.added, r.updated, r.unchanged, r.moved)
+        return counts, dict(self.missing), {k: list(v) for k, v in self._missing_by_hash.items()}
+
+    def _restore(self, saved: tuple[tuple[int, ...], dict[int, str], dict[str, list[int]]]) -> None:
+        r = self.report
+        (r.added, r.updated, r.unchanged, r.moved), self.missing, self._missing_by_hash = saved
 
     def _upsert(self, s: Session, p: Prepared, meta: ImageMeta, now: object) -> int:
         entry = p.job.entry

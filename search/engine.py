@@ -15,7 +15,7 @@ from indexer.db import Model
 from indexer.encoder import ClipEncoder
 from indexer.errors import IndexDamaged, InvalidInput, NotFound
 from indexer.home import Home
-from indexer.imageio import decode, read_file
+from indexer.imageio import DRAFT_OVERSAMPLE, decode, max_file_bytes, read_file
 from indexer.types import Embeddings
 from indexer.vectors import Ids, VectorIndex
 from search import rerank
@@ -246,11 +246,15 @@ class Searcher:
             ids, vecs = self.home.stored_vectors(model.id, model.dim, np.asarray([row.id]))
             if len(ids):
                 return vecs[0], row.id
-        return self.embed_image_bytes(read_file(path)), None
+        limit = self.settings.max_image_pixels
+        return self.embed_image_bytes(read_file(path, max_file_bytes(limit)), limit), None
 
-    def embed_image_bytes(self, data: bytes) -> Embeddings:
-        """Embed an image that is not in the collection (an upload, a path)."""
-        img, _ = decode(data, max_pixels=self.settings.max_image_pixels)
+    def embed_image_bytes(self, data: bytes, max_pixels: int | None = None) -> Embeddings:
+        """Embed an image that is not in the collection: an upload (under the upload pixel
+        limit unless told otherwise) or a file named by path."""
+        limit = max_pixels or self.settings.max_upload_pixels
+        side = self.encoder.preprocess.size * DRAFT_OVERSAMPLE
+        img, _ = decode(data, max_pixels=limit, min_side=side)
         return self.encoder.embed_images([img])[0]
 
     def query_vector(self, q: Query, model: Model | None = None) -> Embeddings:

@@ -162,3 +162,35 @@ def start_index(
         stderr=out,
         text=True,
     )
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A 1-bit, all-black PNG of width x height, written row by row: a few tens of KB that
+    decode to width x height bytes (and four times that as RGB)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    squeeze = zlib.compressobj(9)
+    row = b"\x00" * (1 + (width + 7) // 8)  # filter byte, then the packed pixels
+    idat = b"".join(squeeze.compress(row) for _ in range(height)) + squeeze.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    png = chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + png
+
+
+#: A minimal Encapsulated PostScript file: Pillow hands such files to Ghostscript.
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 100 100\n0 0 moveto 100 100 lineto stroke\n"
+
+
+def fake_ghostscript(folder: Path) -> tuple[str, Path]:
+    """A `gs` that only leaves a marker file when run: (PATH with it first, the marker)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / "gs-was-run"
+    script = folder / "gs"
+    script.write_text(f"#!/bin/sh\ntouch '{marker}'\nexit 1\n")
+    script.chmod(0o755)
+    return f"{folder}{os.pathsep}{os.environ.get('PATH', '')}", marker

@@ -6,6 +6,8 @@ import io
 import os
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import picture, run_cli
 
 
@@ -25,7 +27,7 @@ def _bad_folder(folder: Path) -> dict[str, str]:
     return {
         "empty.jpg": "empty",
         "truncated.jpg": "truncated",
-        "notes.jpg": "not an image",
+        "notes.jpg": "not a supported image",
         "dangling.png": "dangling",
         "huge.png": "too large",
         "header-only.png": "",
@@ -71,12 +73,75 @@ def test_invalid_setting_is_one_line(env, monkeypatch, capsys) -> None:
     assert res.code == 1 and "batch_size" in res.err and res.err.count("\n") == 1
 
 
-def test_unreadable_file_is_reported(env, photos: Path, capsys) -> None:
-    if os.geteuid() == 0:
-        import pytest
+#: The unprivileged user a root test run switches to.
+NOBODY = 65534
 
-        pytest.skip("root reads every file")
+
+def _read_stage_as_nobody(folder: Path, known: set[str]) -> dict[str, str] | None:
+    """{path: error} of the read stage run over the folder's files by a child process
+    switched to the `nobody` user; None if no user can be switched to."""
+    import json
+
+    from indexer.pipeline import read
+    from indexer.types import Failure, FileEntry, Job
+
+    paths = sorted(str(p) for p in folder.iterdir())
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop root for good, read, report, and leave at once
+        code = 0
+        try:
+            os.close(rfd)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            # Known content is hashed, not decoded: no model is needed here.
+            jobs = [Job(FileEntry(p, 0, 0), "new") for p in paths]
+            results = [read(job, known, None, 10**8) for job in jobs]
+            failed = {r.path: r.error for r in results if isinstance(r, Failure)}
+            os.write(wfd, json.dumps(failed).encode())
+        except PermissionError:
+            code = 3
+        except BaseException:
+            code = 4
+        finally:
+            os._exit(code)
+    os.close(wfd)
+    with os.fdopen(rfd, "rb") as fh:
+        out = fh.read()
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code == 3:
+        return None
+    assert code == 0, f"the child reading as nobody failed ({code})"
+    return json.loads(out)
+
+
+def test_unreadable_file_is_reported(env, photos: Path, capsys) -> None:
     locked = photos / "img_0000.jpg"
-    locked.chmod(0)
-    summary = run_cli(capsys, "index", str(photos), "--json").json()
-    assert summary["failed"] == [{"path": str(locked), "error": "permission denied"}]
+    if os.geteuid() != 0:
+        locked.chmod(0)
+        summary = run_cli(capsys, "index", str(photos), "--json").json()
+        assert summary["failed"] == [{"path": str(locked), "error": "permission denied"}]
+        return
+    # Root reads every file whatever its mode (CI runs as root): the read stage runs as
+    # `nobody`, over a copy in a folder that user may enter.
+    import shutil
+    import tempfile
+
+    from indexer.imageio import content_hash
+
+    shared = Path(tempfile.mkdtemp(prefix="pixsearch-nobody-"))
+    try:
+        shared.chmod(0o755)
+        for p in photos.glob("*.jpg"):
+            shutil.copy(p, shared / p.name)
+            (shared / p.name).chmod(0o644)
+        known = {content_hash(p.read_bytes()) for p in shared.iterdir()}
+        (shared / locked.name).chmod(0)
+        failed = _read_stage_as_nobody(shared, known)
+        if failed is None:
+            pytest.skip("running as root, and cannot switch to an unprivileged user")
+        assert failed == {str(shared / locked.name): "permission denied"}
+    finally:
+        shutil.rmtree(shared)

@@ -113,6 +113,20 @@ def test_exif_orientation_is_applied() -> None:
     assert np.abs(np.asarray(img, float) - np.asarray(src, float)).mean() < 10
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF", "WEBP"])
+@pytest.mark.parametrize("min_side", [None, 100])
+def test_orientation_is_applied_to_reduced_images_too(fmt: str, min_side: int | None) -> None:
+    src = picture(5, (800, 400))
+    stored = src.transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    extra = {"tiffinfo": {0x0112: 6}} if fmt == "TIFF" else {"exif": exif.tobytes()}
+    img, _ = decode(_encode(stored, fmt, **extra), max_pixels=LIMIT, min_side=min_side)
+    assert img.size == ((800, 400) if min_side is None else (200, 100))
+    expected = np.asarray(src.resize(img.size, Image.Resampling.BOX), float)
+    assert np.abs(np.asarray(img, float) - expected).mean() < 10
+
+
 def test_large_jpeg_is_decoded_at_reduced_scale() -> None:
     big = picture(9, (2400, 1600)).resize((2400, 1600))
     img, meta = decode(_encode(big, "JPEG"), max_pixels=LIMIT, min_side=200)

@@ -13,7 +13,7 @@ import numpy.typing as npt
 
 from indexer.captioners.base import register, unavailable
 from indexer.errors import UnreadableImage
-from indexer.imageio import decode, read_file
+from indexer.imageio import decode, max_file_bytes, read_file
 from indexer.types import Embeddings
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,8 @@ class VitGpt2Captioner:
         images, ok = [], []
         for p in paths:
             try:
-                img, _ = decode(read_file(p), max_pixels=MAX_PIXELS, min_side=512)
+                data = read_file(p, max_file_bytes(MAX_PIXELS))
+                img, _ = decode(data, max_pixels=MAX_PIXELS, min_side=512)
                 images.append(img)
                 ok.append(True)
             except UnreadableImage:
