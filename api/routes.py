@@ -184,7 +184,7 @@ def _row(service: Service, image_id: int, *, serving: bool = False) -> Any:
     if serving and not servable(row.path, service.home.libraries()):
         raise NotFound(f"image {image_id} is no longer available in an indexed folder")
     if serving and not os.path.isfile(row.path):  # deleted, or a folder now, since indexed
-        raise NotFound(f"image {image_id} is no longer at {row.path}")
+        raise NotFound(f"image {image_id} is no longer a regular file at {row.path}")
     return row
 
 
