@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+from api.cli_support import ProgressBar, print_hits, set_up_logging
 from api.display import one_line
 
 if TYPE_CHECKING:
     from indexer.settings import Settings
-    from search.engine import Hit
 
 log = logging.getLogger(__name__)
 
@@ -54,51 +54,7 @@ def _global(
     ):
         if value is not None:
             _overrides[key] = value
-    _set_up_logging(verbose)
-
-
-#: Libraries that print their own logs: a handler of their own, and a level they set when first
-#: imported, from these variables (unless the user set them).
-_LIBRARY_VERBOSITY = {
-    "huggingface_hub": "HF_HUB_VERBOSITY",
-    "transformers": "TRANSFORMERS_VERBOSITY",
-}
-_USER_VERBOSITY = {var for var in _LIBRARY_VERBOSITY.values() if var in os.environ}
-
-
-def _printed_by_a_library(record: logging.LogRecord) -> bool:
-    """Whether a handler below the root (a library's own) has printed this record already."""
-    logger: logging.Logger | None = logging.getLogger(record.name)
-    while logger is not None and logger is not logging.root:
-        if logger.handlers:
-            return True
-        logger = logger.parent if logger.propagate else None
-    return False
-
-
-def _set_up_logging(verbose: int) -> None:
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    root = logging.getLogger()
-    if not root.handlers:  # an embedding program (or pytest) may have its own
-        logging.basicConfig(format="pixsearch: %(levelname)s: %(message)s", stream=sys.stderr)
-        handler = root.handlers[0]
-        handler.addFilter(lambda r: not _printed_by_a_library(r))
-        if verbose < 2:
-            # open_clip logs its own failures on the root logger; pixsearch reports them
-            # itself as one line, so its copy would only say the same thing twice.
-            handler.addFilter(lambda r: "open_clip" not in r.pathname)
-    root.setLevel(level)
-    if verbose < 2:
-        for noisy in ("PIL", "urllib3", "filelock"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
-    # The hub client's retry warnings ("Retrying in 8s [Retry 4/5]") are noise next to
-    # pixsearch's own one-line error: by default only its errors show, -v shows warnings.
-    lib_level = "error" if verbose == 0 else "warning" if verbose == 1 else "debug"
-    for name, var in _LIBRARY_VERBOSITY.items():
-        if var not in _USER_VERBOSITY:
-            os.environ[var] = lib_level  # read when the library is imported
-            if logging.getLogger(name).handlers:  # imported already (an embedding program)
-                logging.getLogger(name).setLevel(lib_level.upper())
+    set_up_logging(verbose)
 
 
 def settings(**extra: Any) -> Settings:
@@ -114,43 +70,6 @@ def settings(**extra: Any) -> Settings:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "settings"
         raise InvalidInput(f"invalid setting {where}: {err['msg']}") from None
-
-
-class _Bar:
-    """A rich progress bar on stderr, with images per second."""
-
-    def __init__(self) -> None:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        self._progress = Progress(
-            TextColumn("indexing"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=True,
-        )
-        self._task: Any = None
-
-    def start(self, total: int) -> None:
-        self._progress.start()
-        self._task = self._progress.add_task("index", total=total, rate="")
-
-    def advance(self, n: int) -> None:
-        self._progress.advance(self._task, n)
-        speed = self._progress.tasks[0].speed
-        self._progress.update(self._task, rate=f"{speed:.1f} img/s" if speed else "")
-
-    def stop(self) -> None:
-        self._progress.stop()
 
 
 @app.command()
@@ -186,7 +105,7 @@ def index(
         if captioner is None:
             raise InvalidInput("--captions needs a captioner: set PIXSEARCH_CAPTIONER")
     home = Home(cfg)
-    bar = _Bar() if sys.stderr.isatty() else None
+    bar = ProgressBar() if sys.stderr.isatty() else None
     try:
         report = Indexer(home, encoder, progress=bar).run([str(p) for p in paths])
     finally:
@@ -213,21 +132,6 @@ def index(
         typer.echo(f"  ... and {len(report.failed) - 20} more (see --json)", err=True)
 
 
-def _print_hits(hits: list[Hit], as_json: bool) -> None:
-    if as_json:
-        typer.echo(json.dumps([h.to_dict() for h in hits]))
-        return
-    if not hits:
-        typer.echo("no results")
-        return
-    typer.echo(f"{'score':>7}  {'id':>7}  {'size':>11}  {'taken':<19}  path")
-    for h in hits:
-        taken = h.taken_at.isoformat(sep=" ") if h.taken_at else "-"
-        # One line per hit, whatever the file name holds; --json keeps paths exact.
-        path = one_line(h.path)
-        typer.echo(f"{h.score:7.4f}  {h.id:>7}  {f'{h.width}x{h.height}':>11}  {taken:<19}  {path}")
-
-
 def _searcher() -> Any:
     from indexer.encoder import get_encoder
     from indexer.home import Home
@@ -244,7 +148,7 @@ def search(
     as_json: JsonFlag = False,
 ) -> None:
     """Find photos matching a text."""
-    _print_hits(_searcher().text(text, k), as_json)
+    print_hits(_searcher().text(text, k), as_json)
 
 
 @app.command()
@@ -260,7 +164,7 @@ def similar(
         number = int(image)
         if not 0 < number < 2**63:  # no SQLite row id can be this
             raise NotFound(f"no indexed image has id {number}")
-    _print_hits(_searcher().similar(image, k), as_json)
+    print_hits(_searcher().similar(image, k), as_json)
 
 
 @app.command()

@@ -8,9 +8,7 @@ import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -20,8 +18,9 @@ from sqlalchemy.exc import DatabaseError, IntegrityError, StatementError
 from indexer import homeerrors
 from indexer.db import Embedding, Image
 from indexer.encoder import ClipEncoder
-from indexer.errors import HomeError, UnreadableImage
+from indexer.errors import UnreadableImage
 from indexer.home import Home
+from indexer.housekeeping import home_lock, remove_stale_temp_files
 from indexer.imageio import DRAFT_OVERSAMPLE, content_hash, decode, max_file_bytes, read_file
 from indexer.scan import EmptyFolder, Root, normalise_roots, scan, under
 from indexer.types import Failure, FileEntry, IndexReport, Job, Prepared
@@ -183,61 +182,6 @@ def read(job: Job, embedded: set[str], encoder: ClipEncoder, max_pixels: int) ->
     except Exception as exc:  # a decoder's bug on one odd file must not end the run
         log.debug("reading %r failed", job.entry.path, exc_info=True)
         return Failure(job.entry.path, f"cannot read image: {type(exc).__name__}: {exc}"[:200])
-
-
-@contextmanager
-def home_lock(home: Home) -> Iterator[None]:
-    """Hold the home's indexing lock: one indexing run per home at a time."""
-    import fcntl
-
-    home.path.mkdir(parents=True, exist_ok=True)
-    with open(home.path / "index.lock", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise HomeError(
-                f"another indexing run is using {home.path}; wait for it to end"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def remove_stale_temp_files(*folders: Path) -> int:
-    """Delete the temporary files of atomic writes (`.NAME.PID[.THREAD].tmp`) whose process is
-    gone: what a kill -9 during a save leaves. A live process's file is left alone."""
-    removed = 0
-    for folder in folders:
-        try:
-            names = [p for p in folder.iterdir() if p.name.startswith(".")]
-        except OSError:
-            continue
-        for path in names:
-            parts = path.name.removesuffix(".tmp").split(".")
-            if not path.name.endswith(".tmp") or len(parts) < 3 or not parts[-1].isdigit():
-                continue
-            pid = int(parts[-2] if parts[-2].isdigit() else parts[-1])
-            if pid <= 0 or _alive(pid):
-                continue
-            try:
-                path.unlink()
-                removed += 1
-            except OSError:
-                pass
-    if removed:
-        log.info("removed %d temporary file(s) left by an interrupted run", removed)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
 
 
 class Indexer:

@@ -116,3 +116,11 @@ def count_undated(home: Home) -> int:
     with home.engine.connect() as conn:
         stmt = select(func.count()).select_from(Image).where(Image.taken_at.is_(None))
         return int(conn.scalar(stmt) or 0)
+
+
+def undated_notice(home: Home) -> list[str]:
+    """A note for date filters: photos without a capture date are matched by file date."""
+    n = count_undated(home)
+    if not n:
+        return []
+    return [f"{n} photos have no capture date; the date filter used their file date"]

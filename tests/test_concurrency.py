@@ -296,7 +296,7 @@ def test_concurrent_requests_for_a_new_thumbnail(env, photos: Path, capsys) -> N
 
 def test_a_second_indexing_run_is_refused_while_one_runs(env, photos: Path, capsys) -> None:
     """One indexing run per home: a second one says so in one line and writes nothing."""
-    from indexer.pipeline import home_lock
+    from indexer.housekeeping import home_lock
 
     run_cli(capsys, "index", str(photos))
     more = photos / "more"
