@@ -194,3 +194,10 @@ def fake_ghostscript(folder: Path) -> tuple[str, Path]:
     script.write_text(f"#!/bin/sh\ntouch '{marker}'\nexit 1\n")
     script.chmod(0o755)
     return f"{folder}{os.pathsep}{os.environ.get('PATH', '')}", marker
+
+
+def post_search(client: Any, **body: object) -> dict[str, Any]:
+    """POST /search through a TestClient; the answer's JSON (asserting a 200)."""
+    res = client.post("/search", json=body)
+    assert res.status_code == 200, res.text
+    return res.json()  # type: ignore[no-any-return]

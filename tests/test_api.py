@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from api.server import create_app
-from tests.helpers import make_photos, picture, run_cli
+from tests.helpers import make_photos, picture, post_search, run_cli
 
 
 @pytest.fixture
@@ -23,12 +23,6 @@ def client(env, photos: Path, capsys) -> Iterator[TestClient]:
     assert run_cli(capsys, "index", str(photos)).code == 0
     with TestClient(create_app()) as c:
         yield c
-
-
-def _search(client: TestClient, **body: object) -> dict:
-    res = client.post("/search", json=body)
-    assert res.status_code == 200, res.text
-    return res.json()
 
 
 def test_health_ready_docs(client: TestClient) -> None:
@@ -41,7 +35,7 @@ def test_health_ready_docs(client: TestClient) -> None:
 
 
 def test_text_search_shape_thumbnail_and_original(client: TestClient, photos: Path) -> None:
-    body = _search(client, text="a red circle", k=5, cutoff=False)
+    body = post_search(client, text="a red circle", k=5, cutoff=False)
     assert set(body) >= {"results", "took_ms"}
     hits = body["results"]
     assert len(hits) == 5
@@ -66,10 +60,10 @@ def test_text_search_shape_thumbnail_and_original(client: TestClient, photos: Pa
 
 
 def test_similar_puts_the_image_first(client: TestClient) -> None:
-    some = _search(client, text="x", k=3, cutoff=False)["results"][2]
+    some = post_search(client, text="x", k=3, cutoff=False)["results"][2]
     similar = client.get(f"/images/{some['id']}/similar", params={"k": 4}).json()["results"]
     assert similar[0]["id"] == some["id"] and similar[0]["score"] == pytest.approx(1, abs=1e-4)
-    via_search = _search(client, image_id=some["id"], k=4)["results"]
+    via_search = post_search(client, image_id=some["id"], k=4)["results"]
     assert [h["id"] for h in via_search] == [h["id"] for h in similar]
 
 
@@ -102,27 +96,31 @@ def test_bad_requests_are_422(client: TestClient) -> None:
 def test_path_filter_returns_k_whenever_k_match(client: TestClient, photos: Path) -> None:
     trip = str(photos / "trip")
     for k in (3, 5):
-        hits = _search(client, text="x", k=k, cutoff=False, filters={"path_prefix": trip})[
+        hits = post_search(client, text="x", k=k, cutoff=False, filters={"path_prefix": trip})[
             "results"
         ]
         assert len(hits) == k and all(h["path"].startswith(trip + os.sep) for h in hits)
     assert (
-        len(_search(client, text="x", k=50, cutoff=False, filters={"path_prefix": trip})["results"])
+        len(
+            post_search(client, text="x", k=50, cutoff=False, filters={"path_prefix": trip})[
+                "results"
+            ]
+        )
         == 5
     )
-    none = _search(client, text="x", filters={"path_prefix": str(photos / "nowhere")})
+    none = post_search(client, text="x", filters={"path_prefix": str(photos / "nowhere")})
     assert none["results"] == []
 
 
 def test_paging_is_stable_and_complete(client: TestClient) -> None:
     whole = [
-        h["id"] for h in _search(client, text="y", k=17, cutoff=False, rerank=False)["results"]
+        h["id"] for h in post_search(client, text="y", k=17, cutoff=False, rerank=False)["results"]
     ]
     pages = []
     for offset in range(0, 17, 5):
         pages += [
             h["id"]
-            for h in _search(client, text="y", k=5, offset=offset, cutoff=False, rerank=False)[
+            for h in post_search(client, text="y", k=5, offset=offset, cutoff=False, rerank=False)[
                 "results"
             ]
         ]
@@ -130,17 +128,17 @@ def test_paging_is_stable_and_complete(client: TestClient) -> None:
 
 
 def test_combined_and_negative_queries(client: TestClient) -> None:
-    some = _search(client, text="x", k=1, cutoff=False)["results"][0]["id"]
-    text_only = _search(client, text="a blue square", k=17, cutoff=False)["results"]
-    image_heavy = _search(
+    some = post_search(client, text="x", k=1, cutoff=False)["results"][0]["id"]
+    text_only = post_search(client, text="a blue square", k=17, cutoff=False)["results"]
+    image_heavy = post_search(
         client, text="a blue square", image_id=some, weights=[0.1, 0.9], k=17, cutoff=False
     )["results"]
     assert image_heavy[0]["id"] == some
     assert [h["id"] for h in image_heavy] != [h["id"] for h in text_only]
-    plain = [h["id"] for h in _search(client, image_id=some, k=17, cutoff=False)["results"]]
+    plain = [h["id"] for h in post_search(client, image_id=some, k=17, cutoff=False)["results"]]
     pushed = [
         h["id"]
-        for h in _search(client, image_id=some, negative=["a blue square"], k=17, cutoff=False)[
+        for h in post_search(client, image_id=some, negative=["a blue square"], k=17, cutoff=False)[
             "results"
         ]
     ]
@@ -214,6 +212,6 @@ def test_page_and_static_files(client: TestClient) -> None:
 
 
 def test_json_roundtrip_of_dates(client: TestClient) -> None:
-    body = _search(client, text="x", k=1, cutoff=False)
+    body = post_search(client, text="x", k=1, cutoff=False)
     json.dumps(body)
     assert body["results"][0]["taken_at"] is None

@@ -19,7 +19,7 @@ from tests.assets.tiny_models import (
     materialize_tiny_captioner,
     materialize_tiny_clip,
 )
-from tests.helpers import run_cli
+from tests.helpers import post_search, run_cli
 from tests.test_quality import _attributes
 
 #: Everyday subjects that no shapes picture shows.
@@ -112,12 +112,6 @@ def client(shapes: dict[str, Path]) -> Iterator[TestClient]:
         yield c
 
 
-def _search(client: TestClient, **body: object) -> dict:
-    res = client.post("/search", json=body)
-    assert res.status_code == 200, res.text
-    return res.json()
-
-
 def test_eval_with_the_defaults(shapes, capsys) -> None:
     """The cut-off keeps the captions' pictures, and answers absent things (nearly) empty."""
     res = run_cli(capsys, "eval", str(shapes["data"]), "--json", "--no-captions")
@@ -139,7 +133,7 @@ def test_partial_descriptions_find_their_pictures(shapes, client) -> None:
     present = {(a["colour"], a["shape"]) for a in truth.values()}
     found = 0
     for colour, shape in sorted(present):
-        hits = _search(client, text=f"a {colour} {shape}")["results"]
+        hits = post_search(client, text=f"a {colour} {shape}")["results"]
         top = [(truth[h["path"]]["colour"], truth[h["path"]]["shape"]) for h in hits[:3]]
         found += (colour, shape) in top
     assert found >= 0.8 * len(present), (found, len(present))
@@ -160,10 +154,10 @@ def test_more_like_this_and_uploads_keep_their_neighbours(shapes, client) -> Non
 
 
 def test_absent_things_answer_empty_with_a_way_out(client) -> None:
-    got = _search(client, text="a giraffe eating leaves")
+    got = post_search(client, text="a giraffe eating leaves")
     assert got["results"] == [] and got["cut_off"] is True
     assert got["notice"] and not re.search(r"\d", got["notice"])  # no raw threshold
-    closest = _search(client, text="a giraffe eating leaves", cutoff=False)
+    closest = post_search(client, text="a giraffe eating leaves", cutoff=False)
     assert len(closest["results"]) == 20 and not closest["cut_off"]
 
 
@@ -173,7 +167,7 @@ def test_captions_belong_to_their_hits(shapes, client) -> None:
     from indexer.home import Home
     from indexer.settings import Settings
 
-    hits = _search(client, text="a shape", k=100, cutoff=False, captions=True)["results"]
+    hits = post_search(client, text="a shape", k=100, cutoff=False, captions=True)["results"]
     assert len(hits) == 100
     settings = Settings()
     home = Home(settings)
