@@ -301,6 +301,7 @@ def serve(
     """Run the web page and HTTP API (OpenAPI docs at /docs)."""
     import uvicorn
 
+    from api.protocol import header_deadline
     from api.security import is_loopback
     from api.server import create_app
     from api.service import Service
@@ -337,6 +338,8 @@ def serve(
         # than a share of a machine that slow clients hold open.
         timeout_keep_alive=5,
         limit_concurrency=cfg.max_connections,
+        # Headers dribbled in (slowloris) would otherwise hold those connections for ever.
+        http=header_deadline(cfg.header_timeout),
     )
     Server(config).run()
 

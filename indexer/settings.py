@@ -90,6 +90,13 @@ class Settings(BaseSettings):
         le=3600,
         description="Seconds a request body may take to arrive, plus one per 100 kB of it.",
     )
+    header_timeout: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Seconds a request's headers may take to arrive (`serve`), from the "
+        "connection's opening or the previous response's end; then the connection is closed.",
+    )
     max_connections: int = Field(
         100, ge=1, description="Connections served at once; more are answered 503."
     )

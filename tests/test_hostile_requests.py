@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 from fastapi.testclient import TestClient
 
+from api.protocol import HeaderDeadline
 from api.server import create_app
 from tests.helpers import ROOT, picture, run_cli
 
@@ -322,6 +323,9 @@ def test_serve_bounds_connections_and_idle_time(env, monkeypatch) -> None:
     config = calls[0]
     assert config.limit_concurrency == 7
     assert config.timeout_keep_alive == 5
+    # Request headers have a deadline too (slowloris): PIXSEARCH_HEADER_TIMEOUT, 10 s.
+    assert isinstance(config.http, type) and issubclass(config.http, HeaderDeadline)
+    assert config.http.header_timeout == 10
     # The bound host is one the app answers to.
     with TestClient(config.app, base_url="http://127.0.0.3:8765") as c:  # type: ignore[arg-type]
         assert c.get("/health").status_code == 200
