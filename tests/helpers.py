@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import queue
 import re
 import subprocess
 import sys
@@ -121,26 +122,20 @@ def unprivileged() -> dict[str, Any]:
 
 
 def start_serve(env: dict[str, str], *, bound: bool = False) -> tuple[subprocess.Popen[str], str]:
-    """Start `pixsearch serve --port 0`; (process, base URL) once it says where it serves."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "serve", "--port", "0"],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        **(unprivileged() if bound else {}),
-    )
-    assert proc.stderr is not None
-    said = []
-    for line in proc.stderr:
-        said.append(line)
-        found = re.search(r"serving (http://\S+:\d+)", line)
+    """Start `pixsearch serve --port 0`; (process, base URL) once it says where it serves.
+    `bound`: without root's power over file permissions (see `unprivileged`)."""
+    proc, lines = spawn_serve(env, bound=bound)
+    said: list[str] = []
+    while proc.poll() is None or not lines.empty():
+        try:
+            said.append(next_line(lines, 180))
+        except queue.Empty:
+            break
+        found = re.search(r"serving (http://\S+:\d+)", said[-1])
         if found:
-            threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep it drained
             return proc, found.group(1)
-    proc.wait()
-    raise AssertionError(f"serve did not start: {''.join(said)}")
+    proc.kill()
+    raise AssertionError(f"serve did not start: {chr(10).join(said)}")
 
 
 def start_index(
@@ -201,3 +196,30 @@ def post_search(client: Any, **body: object) -> dict[str, Any]:
     res = client.post("/search", json=body)
     assert res.status_code == 200, res.text
     return res.json()  # type: ignore[no-any-return]
+
+
+def spawn_serve(
+    env: dict[str, str], *flags: str, host: str | None = None, bound: bool = False
+) -> tuple[subprocess.Popen[str], queue.Queue[str]]:
+    """Start `pixsearch [FLAGS] serve [--host HOST] --port 0` (any free port), as a user runs
+    it; its stderr lines arrive in the queue."""
+    where = ["--host", host] if host else []
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", *flags, "serve", *where, "--port", "0"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        **(unprivileged() if bound else {}),
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    assert proc.stderr is not None
+    stream = proc.stderr
+    threading.Thread(target=lambda: [lines.put(x) for x in stream], daemon=True).start()
+    return proc, lines
+
+
+def next_line(lines: queue.Queue[str], timeout: float) -> str:
+    """The next stderr line of a process started by `spawn_serve`."""
+    return lines.get(timeout=timeout).rstrip("\n")

@@ -5,14 +5,9 @@ from __future__ import annotations
 
 import http.client
 import io
-import os
-import queue
 import re
 import select
 import socket
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,24 +18,13 @@ from fastapi.testclient import TestClient
 
 from api.protocol import HeaderDeadline
 from api.server import create_app
-from tests.helpers import ROOT, picture, run_cli
+from tests.helpers import picture, run_cli, spawn_serve
 
 
 @contextmanager
 def serving(env: dict[str, str], *, host: str = "127.0.0.1") -> Iterator[tuple[int, int]]:
     """`pixsearch serve --host HOST --port 0` as a user runs it: (process id, port)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "serve", "--host", host, "--port", "0"],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    assert proc.stderr is not None
-    stream = proc.stderr
-    threading.Thread(target=lambda: [lines.put(x) for x in stream], daemon=True).start()
+    proc, lines = spawn_serve(env, host=host)
     try:
         deadline = time.monotonic() + 180
         seen: list[str] = []

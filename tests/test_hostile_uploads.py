@@ -18,8 +18,15 @@ import psutil
 from fastapi.testclient import TestClient
 
 from api.server import create_app
-from tests.helpers import EPS, bomb_png, fake_ghostscript, picture, run_cli
-from tests.test_serve import _next_line, _serve
+from tests.helpers import (
+    EPS,
+    bomb_png,
+    fake_ghostscript,
+    next_line,
+    picture,
+    run_cli,
+    spawn_serve,
+)
 
 
 def _image_id(path: str) -> int:
@@ -56,9 +63,9 @@ def test_a_photo_swapped_for_a_fifo_never_blocks_the_server(
     assert run_cli(capsys, "index", str(photos)).code == 0
     victim = photos / "img_0001.jpg"
     image_id = _image_id(str(victim))
-    proc, lines = _serve(env)
+    proc, lines = spawn_serve(env)
     try:
-        line = _next_line(lines, 180)
+        line = next_line(lines, 180)
         found = re.search(r"(http://127\.0\.0\.1:\d+)", line)
         assert found, line
         url = found.group(1)

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import queue
 import re
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -16,29 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.server import create_app
-from tests.helpers import ROOT, run_cli, run_subprocess
-
-
-def _serve(env: dict[str, str], *flags: str) -> tuple[subprocess.Popen[str], queue.Queue[str]]:
-    """Start `pixsearch [FLAGS] serve --port 0` (any free loopback port); its stderr lines
-    arrive in the queue."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", *flags, "serve", "--port", "0"],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    assert proc.stderr is not None
-    stream = proc.stderr
-    threading.Thread(target=lambda: [lines.put(x) for x in stream], daemon=True).start()
-    return proc, lines
-
-
-def _next_line(lines: queue.Queue[str], timeout: float) -> str:
-    return lines.get(timeout=timeout).rstrip("\n")
+from tests.helpers import next_line, run_cli, run_subprocess, spawn_serve
 
 
 @pytest.mark.parametrize("verbose", [False, True])
@@ -46,13 +19,13 @@ def test_serve_says_where_once_ready_and_logs_requests_at_v(
     env: dict[str, str], photos: Path, capsys, verbose: bool
 ) -> None:
     assert run_cli(capsys, "index", str(photos)).code == 0
-    proc, lines = _serve(env, *(["-v"] if verbose else []))
+    proc, lines = spawn_serve(env, *(["-v"] if verbose else []))
     try:
         deadline = time.monotonic() + 180
         url = None
         before: list[str] = []
         while url is None and time.monotonic() < deadline:
-            line = _next_line(lines, deadline - time.monotonic())
+            line = next_line(lines, deadline - time.monotonic())
             found = re.fullmatch(
                 r"pixsearch: serving (http://127\.0\.0\.1:\d+) \(API docs: /docs\)", line
             )
@@ -72,7 +45,7 @@ def test_serve_says_where_once_ready_and_logs_requests_at_v(
             ]
             seen: list[str] = []
             while wanted:
-                seen.append(_next_line(lines, 30))
+                seen.append(next_line(lines, 30))
                 wanted = [w for w in wanted if not re.fullmatch(w, seen[-1])]
         else:
             time.sleep(0.5)
