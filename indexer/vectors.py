@@ -211,43 +211,27 @@ class VectorIndex:
             return self._search(queries, k, unlike)
 
     def _search(self, queries: Embeddings, k: int, unlike: bool) -> tuple[Scores, Ids]:
-        faiss = _faiss()
-
         index = self.index  # a concurrent swap replaces the reference, never mutates it
         n = int(index.ntotal)
         k = max(1, min(k, n)) if n else 1
         q = np.ascontiguousarray(queries, np.float32).reshape(-1, self.dim)
         if not hasattr(index, "nprobe"):
             return index.search(q, k)  # type: ignore[no-any-return]
-        params = faiss.SearchParametersIVF(nprobe=self._probes(index, unlike))
-        scores, ids = index.search(q, k, params=params)
-        if int((ids >= 0).sum(axis=1).min()) < k:
-            # The probed lists hold fewer than k vectors (a small or lopsided index, or a
-            # large k): look at every list, so that k come back whenever k exist.
-            params = faiss.SearchParametersIVF(nprobe=int(index.nlist))
-            scores, ids = index.search(q, k, params=params)
-        return scores, ids
+        return _search_ivf(index, q, k, self._probes(index, unlike))
 
     def search_subset(
-        self,
-        queries: Embeddings,
-        k: int,
-        ids: Ids,
-        *,
-        unlike: bool = False,
-        exhaustive: bool = False,
+        self, queries: Embeddings, k: int, ids: Ids, *, unlike: bool = False
     ) -> tuple[Scores, Ids]:
         """Like `search`, restricted to the given ids (a metadata filter's result).
 
         An IVF index probes proportionally more lists the smaller the allowed share is, so
-        that about as many allowed candidates are seen as by an unfiltered search; and every
-        list when that finds fewer than k, or when `exhaustive`.
+        that about as many allowed candidates are seen as by an unfiltered search.
         """
         with _damage_reported():
-            return self._search_subset(queries, k, ids, unlike, exhaustive)
+            return self._search_subset(queries, k, ids, unlike)
 
     def _search_subset(
-        self, queries: Embeddings, k: int, ids: Ids, unlike: bool, exhaustive: bool
+        self, queries: Embeddings, k: int, ids: Ids, unlike: bool
     ) -> tuple[Scores, Ids]:
         faiss = _faiss()
 
@@ -261,15 +245,8 @@ class VectorIndex:
         sel = faiss.IDSelectorBatch(allowed)
         if not hasattr(index, "nprobe"):
             return index.search(q, k, params=faiss.SearchParameters(sel=sel))  # type: ignore[no-any-return]
-        nlist = int(index.nlist)
         share = min(1.0, len(allowed) / n)
-        nprobe = nlist if exhaustive else min(nlist, math.ceil(self._probes(index, unlike) / share))
-        scores, found = index.search(q, k, params=faiss.SearchParametersIVF(sel=sel, nprobe=nprobe))
-        if nprobe < nlist and int((found >= 0).sum(axis=1).min()) < k:
-            # The allowed ids lie outside the probed lists: the filter's own ids, all of them.
-            params = faiss.SearchParametersIVF(sel=sel, nprobe=nlist)
-            scores, found = index.search(q, k, params=params)
-        return scores, found
+        return _search_ivf(index, q, k, math.ceil(self._probes(index, unlike) / share), sel)
 
     @staticmethod
     def _probes(index: Any, unlike: bool) -> int:
@@ -445,6 +422,24 @@ class VectorIndex:
         if state.nprobe and hasattr(index, "nprobe"):
             index.nprobe = state.nprobe
         return vi, "ok"
+
+
+def _search_ivf(
+    index: Any, q: Embeddings, k: int, nprobe: int, sel: Any = None
+) -> tuple[Scores, Ids]:
+    """An IVF search probing `nprobe` lists, then every list if those held fewer than k
+    (eligible) vectors: a small or lopsided index, a large k, or allowed ids far from the
+    query. So k come back whenever k exist."""
+    faiss = _faiss()
+
+    nlist = int(index.nlist)
+    extra = {"sel": sel} if sel is not None else {}
+    probes = min(nprobe, nlist)
+    scores, ids = index.search(q, k, params=faiss.SearchParametersIVF(nprobe=probes, **extra))
+    if probes < nlist and int((ids >= 0).sum(axis=1).min()) < k:
+        params = faiss.SearchParametersIVF(nprobe=nlist, **extra)
+        scores, ids = index.search(q, k, params=params)
+    return scores, ids
 
 
 @contextmanager

@@ -212,7 +212,7 @@ class Searcher(QueryVectors):
         if q.filters.taken_after is not None or q.filters.taken_before is not None:
             notices.extend(undated_notice(self.home))
         vec = self.query_vector(q, state.model)
-        cutoff = self._cutoff(q, vec, state.background)
+        cutoff = self._cutoff(q, vec, state.background, textual=has_text)
         ranking = self._ranked(q, vec, state, q.offset + q.k, cutoff)
         window = range(q.offset, min(q.offset + q.k, len(ranking.ids)))
         rows = self.home.images_by_id([ranking.ids[j] for j in window])
@@ -248,14 +248,13 @@ class Searcher(QueryVectors):
         vec, _ = self.vector_of(image)
         return self.search(Query(image_vector=vec, k=k, cutoff=False, rerank="none")).hits
 
-    def _cutoff(self, q: Query, vec: Embeddings, background: Embeddings) -> float:
+    def _cutoff(self, q: Query, vec: Embeddings, background: Embeddings, *, textual: bool) -> float:
         """The score a hit needs: `min_score`, and with the cut-off on, the query's own
         background level plus z spreads (z per kind of query: texts and images score on
         different scales against photos)."""
         floor = q.min_score if q.min_score is not None else -1.0
         if not q.cutoff:
             return floor
-        textual = bool(q.text and q.text.strip())
         z = self.settings.cutoff_z if textual else self.settings.cutoff_z_image
         return max(floor, rerank.auto_cutoff(background @ vec, z))
 
@@ -382,13 +381,8 @@ class Searcher(QueryVectors):
             keep = got[np.isin(got, allowed)]
             if len(keep) >= n:
                 return keep[:n], False
-            if m >= total or len(got) < m:
-                # Everything the index holds was seen and too few are allowed: the allowed
-                # ones it returned are all there are... unless the index could not return
-                # them all, which only an exhaustive look at the allowed ids can tell.
-                _, ids = index.search_subset(q, n, allowed, unlike=unlike, exhaustive=True)
-                found = _valid(ids[0])
-                return found, len(found) < n
+            if m >= total:  # the index returned all it holds: these are all the allowed
+                return keep, True
             m = min(total, m * 4)
 
 
