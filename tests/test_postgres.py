@@ -90,6 +90,7 @@ def test_search_answers_as_on_sqlite(env, pg_server, photos: Path, capsys, monke
     assert on_postgres == on_sqlite
     status = run_cli(capsys, "status", "--json").json()
     assert status["images"] == 12 and status["indexed_with_model"] == 12
+    assert status["database_bytes"] > 0
 
 
 def _wait_all(procs: list[subprocess.Popen[str]], timeout: float = 300) -> list[str]:

@@ -143,7 +143,7 @@ def _model_name() -> str:
 
 @pytest.mark.parametrize("damage", ["delete", "truncate", "garbage", "stale"])
 def test_damaged_index_is_rebuilt_with_a_log_line(
-    env, photos: Path, capsys, caplog, damage: str
+    env, database, photos: Path, capsys, caplog, damage: str
 ) -> None:
     run_cli(capsys, "index", str(photos))
     expected = run_cli(capsys, "search", "a cat", "-k", "12", "--json").json()
