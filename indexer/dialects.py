@@ -43,6 +43,31 @@ def insert_ignoring(s: Session, table: Table | type, rows: Sequence[dict]) -> No
         s.execute(insert_ignoring_conflicts(dialect, table).values(list(rows)))
 
 
+# -- writers and the clean-up of unused embeddings ---------------------------------------------
+#: Advisory lock key (PostgreSQL) shared by write transactions, exclusive to the clean-up.
+WRITE_LOCK = 0x70697873_00000002
+
+
+def _pg_write_lock(s: Session, cleanup: bool) -> None:
+    fn = "pg_advisory_xact_lock" if cleanup else "pg_advisory_xact_lock_shared"
+    s.execute(text(f"SELECT {fn}(:k)"), {"k": WRITE_LOCK})
+
+
+#: SQLite has one writer at a time already; PostgreSQL's concurrent runs need the lock.
+_WRITE_LOCKS: dict[str, Callable[[Session, bool], None]] = {"postgresql": _pg_write_lock}
+
+
+def write_lock(s: Session, *, cleanup: bool = False) -> None:
+    """Take, for the rest of the caller's transaction, the lock that orders a run's clean-up of
+    embeddings no image uses against other runs' writes: without it, a run could delete an
+    embedding that another run's uncommitted transaction is giving a new image (its content
+    found already stored), leaving that image without a vector. Writes share the lock; the
+    clean-up holds it alone, so its statements see every write committed before it."""
+    take = _WRITE_LOCKS.get(s.get_bind().dialect.name)
+    if take is not None:
+        take(s, cleanup)
+
+
 # -- keyword search over stored captions -------------------------------------------------------
 #: (connection, captioner key, words, limit) -> [(content hash, strength)], strongest first;
 #: the strength is positive, higher is better.

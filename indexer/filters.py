@@ -102,7 +102,8 @@ def conditions(f: Filters) -> list[ColumnElement[bool]]:
         upper = folder[:-1] + chr(ord(os.sep) + 1)
         conds.append(or_(Image.path == prefix, (Image.path >= folder) & (Image.path < upper)))
     if f.camera:
-        like = f"%{f.camera.strip().lower()}%"
+        # No stored value holds a NUL (EXIF text is cleaned), and PostgreSQL refuses one.
+        like = f"%{f.camera.replace(chr(0), '').strip().lower()}%"
         conds.append(
             or_(
                 func.lower(Image.camera_make).like(like),
@@ -115,7 +116,7 @@ def conditions(f: Filters) -> list[ColumnElement[bool]]:
     if f.min_height:
         conds.append(Image.height >= f.min_height)
     if f.format:
-        fmt = f.format.strip().lower().lstrip(".")
+        fmt = f.format.replace("\x00", "").strip().lower().lstrip(".")
         conds.append(Image.format == _FORMAT_ALIASES.get(fmt, fmt))
     return conds
 

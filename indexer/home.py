@@ -11,7 +11,7 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import Engine, event, func, select, update
+from sqlalchemy import ColumnElement, Engine, event, func, select, update
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.orm import Session
 
@@ -189,6 +189,12 @@ class Home:
         """Where the FAISS index of a model is kept."""
         return self.path / f"index-{_slug(key)}.faiss"
 
+    def _of_model(self, model_id: int) -> ColumnElement[bool]:
+        """`Embedding.model_id == model_id`, on SQLite written `model_id + 0` (see
+        `stored_vectors`): a planner hint SQLite needs and PostgreSQL's planner does not."""
+        column = Embedding.model_id + 0 if self.dialect == "sqlite" else Embedding.model_id
+        return column == model_id
+
     def count_vectors(self, model_id: int) -> int:
         """How many images have an embedding for this model."""
         # `model_id + 0` (see `stored_vectors`): counted over the embeddings' primary-key
@@ -200,7 +206,7 @@ class Home:
                     select(func.count())
                     .select_from(Image)
                     .join(Embedding, Embedding.content_hash == Image.content_hash)
-                    .where((Embedding.model_id + 0) == model_id)
+                    .where(self._of_model(model_id))
                 )
                 or 0
             )
@@ -216,7 +222,7 @@ class Home:
         stmt = (
             select(Image.id, Embedding.vector)
             .join(Embedding, Embedding.content_hash == Image.content_hash)
-            .where((Embedding.model_id + 0) == model_id)
+            .where(self._of_model(model_id))
             .order_by(Image.id)
         )
         with self.engine.connect() as conn:

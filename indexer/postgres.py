@@ -96,8 +96,7 @@ def library_locks(engine: Engine, roots: Sequence[str]) -> Iterator[None]:
             if not conn.execute(text(f"SELECT {fn}(:k)"), {"k": lock_key(path)}).scalar():
                 where = f"{path} or a folder in it" if exclusive else path
                 raise HomeError(
-                    f"another indexing run is indexing {where} in this database; "
-                    "wait for it to end"
+                    f"another indexing run is indexing {where} in this database; wait for it to end"
                 )
         yield
     finally:

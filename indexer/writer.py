@@ -10,7 +10,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from indexer.db import Caption, Embedding, Image, Model
-from indexer.dialects import insert_ignoring
+from indexer.dialects import insert_ignoring, write_lock
 from indexer.home import Home
 from indexer.types import Embeddings, ImageMeta, IndexReport, Prepared
 from indexer.vectors import VectorIndex
@@ -113,6 +113,7 @@ class Writer:
         unplaced: list[Prepared],
     ) -> None:
         with self.home.session() as s, s.begin():
+            write_lock(s)
             inserted = self._store_embeddings(s, fresh) if fresh else set()
             # Content embedded before keeps its stored vector, so the index and the database
             # agree even when this run's vector differs in the last bits.
@@ -235,11 +236,14 @@ class Writer:
         ids = sorted(self.missing)
         if ids or self.report.updated:
             with self.home.session() as s, s.begin():
+                write_lock(s, cleanup=True)
                 for start in range(0, len(ids), 900):
                     s.execute(delete(Image).where(Image.id.in_(ids[start : start + 900])))
-                used = select(Image.content_hash)
-                s.execute(delete(Embedding).where(Embedding.content_hash.not_in(used)))
-                s.execute(delete(Caption).where(Caption.content_hash.not_in(used)))
+                # NOT EXISTS, not NOT IN: an anti-join on both databases (PostgreSQL runs a
+                # NOT IN over a subquery larger than its work_mem row by row).
+                for table in (Embedding, Caption):
+                    used = select(Image.id).where(Image.content_hash == table.content_hash)
+                    s.execute(delete(table).where(~used.exists()))
                 if ids:
                     self._bump(s)
         if ids:

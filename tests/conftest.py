@@ -89,11 +89,12 @@ def pg_server():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def pg_url(pg_server, monkeypatch: pytest.MonkeyPatch) -> str:  # type: ignore[no-untyped-def]
+def pg_url(pg_server, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     """A fresh PostgreSQL database, set as PIXSEARCH_DATABASE_URL as a user would."""
     url = pg_server.database()
     monkeypatch.setenv("PIXSEARCH_DATABASE_URL", url)
-    return str(url)
+    yield str(url)
+    pg_server.drop(url)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
