@@ -139,7 +139,8 @@ class Home:
     def _translate(self, context: ExceptionContext) -> None:
         """SQLAlchemy `handle_error` hook: SQLite's full-disk, damage and read-only errors
         become one-line HomeErrors (no SQL, no parameters) wherever they happen."""
-        assert self.db_file is not None
+        if self.db_file is None:  # an in-memory database: no file to speak of
+            return
         error = homeerrors.from_sqlite_error(context.original_exception, self.db_file, self.path)
         if error is not None:
             raise error
