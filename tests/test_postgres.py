@@ -78,10 +78,21 @@ def test_keyword_lookup_and_paths_agree_with_sqlite(pg_server, tmp_path: Path) -
     assert found["sqlite"]["cat"] == []
 
 
-def test_search_answers_as_on_sqlite(env, pg_server, photos: Path, capsys, monkeypatch) -> None:
+def _exported(capsys, out: Path) -> dict[str, list]:
+    import numpy as np
+
+    assert run_cli(capsys, "export", "--out", str(out)).code == 0
+    with np.load(out) as data:
+        return {"paths": data["paths"].tolist(), "vectors": data["embeddings"].round(6).tolist()}
+
+
+def test_search_answers_as_on_sqlite(
+    env, pg_server, photos: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
     run_cli(capsys, "index", str(photos))
     queries = [("search", "a red square", "-k", "5"), ("similar", str(photos / "img_0003.jpg"))]
     on_sqlite = [run_cli(capsys, *q, "--json").json() for q in queries]
+    exported = _exported(capsys, tmp_path / "sqlite.npz")
     monkeypatch.setenv("PIXSEARCH_HOME", env["PIXSEARCH_HOME"] + "-pg")
     monkeypatch.setenv("PIXSEARCH_DATABASE_URL", pg_server.database())
     summary = run_cli(capsys, "index", str(photos), "--json").json()
@@ -91,6 +102,7 @@ def test_search_answers_as_on_sqlite(env, pg_server, photos: Path, capsys, monke
     status = run_cli(capsys, "status", "--json").json()
     assert status["images"] == 12 and status["indexed_with_model"] == 12
     assert status["database_bytes"] > 0
+    assert _exported(capsys, tmp_path / "pg.npz") == exported
 
 
 def _wait_all(procs: list[subprocess.Popen[str]], timeout: float = 300) -> list[str]:
