@@ -142,15 +142,22 @@ def _pick_format(kind: str, rng: np.random.Generator) -> str:
     return _FORMATS[int(rng.choice(3, p=weights[kind]))][0]
 
 
-def make_demo_photos(folder: Path, n: int = 300, seed: int = 0) -> list[Path]:
-    """Write the demo collection (``plan_demo``) under ``folder``; returns the files written.
+def make_demo_photos(
+    folder: Path, n: int = 300, seed: int = 0, overwrite: bool = True
+) -> list[Path]:
+    """Write the demo collection (``plan_demo``) under ``folder``; returns its files.
 
-    Deterministic in ``seed``; rewrites files that exist. About 300 pictures a few seconds.
+    Deterministic in ``seed``; rewrites files that exist unless ``overwrite`` is false.
+    About 300 pictures a few seconds.
     """
 
     folder = Path(folder)
     written: list[Path] = []
     for i, photo in enumerate(plan_demo(n, seed)):
+        path = folder / photo.path
+        if not overwrite and path.is_file():
+            written.append(path)
+            continue
         img = shapes.render(
             photo.shape,
             photo.colour,
@@ -160,7 +167,6 @@ def make_demo_photos(folder: Path, n: int = 300, seed: int = 0) -> list[Path]:
             np.random.default_rng([seed, 1, i]),
             canvas=(photo.width, photo.height),
         )
-        path = folder / photo.path
         path.parent.mkdir(parents=True, exist_ok=True)
         exif = _exif(photo)
         options: dict[str, object] = {"exif": exif} if exif is not None else {}
