@@ -145,6 +145,7 @@ def status(as_json: JsonFlag = False) -> None:
         "index_bytes": 0,
         "database_bytes": 0,
         "home_bytes": 0,
+        "server": None,
     }
     if home.exists():
         info["images"] = home.image_count()
@@ -156,6 +157,8 @@ def status(as_json: JsonFlag = False) -> None:
             path = home.index_path(key)
             info["index_bytes"] = path.stat().st_size if path.exists() else 0
         info["home_bytes"] = home.size_on_disk()
+        server = cli_search.server_of(cfg)
+        info["server"] = server.url if server is not None else None
         db_file = home.path / "pixsearch.db"
         info["database_bytes"] = db_file.stat().st_size if db_file.exists() else 0
     if as_json:

@@ -152,7 +152,7 @@ def search(
     body = {"text": text, "rerank": "standard"}
     hits = _ask_server(cfg, body, opts)
     if hits is None:
-        hits = _answer_here(cfg, opts, text=text, text_only=True)
+        hits = _answer_here(cfg, opts, text=text, text_only=cfg.text_tower_only)
     _print(hits, as_json, opts.captions)
 
 
@@ -185,7 +185,7 @@ def similar(
     if by_id:  # a path is embedded here: the server could not read the same file
         hits = _ask_server(cfg, {"image_id": int(image), "rerank": "none"}, opts)
     if hits is None:
-        hits = _answer_here(cfg, opts, image=image, text_only=by_id)
+        hits = _answer_here(cfg, opts, image=image, text_only=by_id and cfg.text_tower_only)
     _print(hits, as_json, opts.captions)
 
 

@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 on CPUs with AVX-512 BF16/AMX, fp16 on CUDA, else fp32."
     )
+    text_tower_only: bool = Field(
+        True,
+        description="`pixsearch search` without a server loads only the model's text tower "
+        "for a text query (false: the whole model, as before).",
+    )
     batch_size: int = Field(32, ge=1, le=4096)
     workers: int = Field(0, ge=0, le=256, description="Image decoding threads; 0 = one per core.")
     max_image_pixels: int = Field(
