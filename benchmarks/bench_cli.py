@@ -93,12 +93,53 @@ def _import_seconds(env: dict[str, str]) -> tuple[float, bool]:
     return total / 1e6, heavy
 
 
+_LOADS = """
+import json, sys, time
+from indexer.encoder import ClipEncoder
+import open_clip, torch  # imported before the clock starts: only the loads are timed
+model, pretrained, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+out = {"text tower": [], "both towers": []}
+for _ in range(runs):
+    for way, text_only in (("text tower", True), ("both towers", False)):
+        start = time.perf_counter()
+        ClipEncoder(model, pretrained, text_only=text_only).embed_texts(["a red circle"])
+        out[way].append(time.perf_counter() - start)
+print(json.dumps(out))
+"""
+
+
+def _load_seconds(env: dict[str, str], runs: int) -> dict[str, list[float]]:
+    """Seconds to load the model and embed one text, text tower vs both, in one process
+    (imports done first: this is the part of a cold search that the text tower cuts)."""
+    import json
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _LOADS,
+            env["PIXSEARCH_MODEL"],
+            env.get("PIXSEARCH_PRETRAINED", ""),
+            str(runs),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=5, help="Timed searches per way.")
     ap.add_argument("--photos", type=int, default=60, help="Demo photos in the home.")
     ap.add_argument("--model", choices=("ViT-B-32", "demo"), default="ViT-B-32")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--loads-only", action="store_true", help="Only the in-process load comparison."
+    )
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="pixsearch-bench-cli-") as tmp:
@@ -112,6 +153,11 @@ def main() -> None:
         sys.path.insert(0, str(ROOT))
         from indexer.demo import make_demo_photos
 
+        log("model loads, text tower vs both, in one process")
+        loads_in_process = _load_seconds(env, args.runs)
+        if args.loads_only:
+            _report_loads(loads_in_process, args.model)
+            return
         make_demo_photos(Path(tmp) / "photos", n=args.photos)
         log(f"indexing {args.photos} photos with {args.model}")
         indexed = _cli(env, "index", f"{tmp}/photos", "--json")
@@ -164,6 +210,7 @@ def main() -> None:
         "server_path_import_seconds": round(imports, 3),
         "server_path_imports_torch": heavy,
         "server_url": url,
+        "load_and_embed_one_text_seconds": loads_in_process,
     }
     if args.json:
         dump_json(payload)
@@ -175,6 +222,17 @@ def main() -> None:
         rows,
     )
     print(f"\nserver path: {imports:.2f} s of imports, torch/open_clip/faiss imported: {heavy}")
+    _report_loads(loads_in_process, args.model)
+
+
+def _report_loads(loads: dict[str, list[float]], model: str) -> None:
+    base = statistics.median(loads["both towers"])
+    print_table(
+        f"load the model and embed one text, after the imports ({model}; load "
+        f"{os.getloadavg()[0]:.1f})",
+        ["way", "median s", "best s", "x faster than both towers"],
+        [(w, statistics.median(t), min(t), base / statistics.median(t)) for w, t in loads.items()],
+    )
 
 
 if __name__ == "__main__":
