@@ -17,7 +17,15 @@ wheel=$(echo "$tmp"/dist/pixsearch-*.whl)
 import sys, zipfile
 
 names = set(zipfile.ZipFile(sys.argv[1]).namelist())
-needed = ["indexer/migrations/env.py", "indexer/migrations/script.py.mako"]
+needed = [
+    "indexer/migrations/env.py",
+    "indexer/migrations/script.py.mako",
+    # The shipped `demo` model (PIXSEARCH_MODEL=demo, `pixsearch demo`).
+    "indexer/demo_model/clip/pixsearch-tiny-clip.json",
+    "indexer/demo_model/clip/tiny_clip_weights.npz",
+    "indexer/demo_model/captioner/clipcap_config.json",
+    "indexer/demo_model/captioner/clipcap_weights.npz",
+]
 missing = [n for n in needed if n not in names]
 versions = [n for n in names if n.startswith("indexer/migrations/versions/") and n.endswith(".py")]
 if missing or not versions:
@@ -79,4 +87,13 @@ info = json.load(sys.stdin)
 if info['indexed_with_model'] != 6:
     sys.exit(f'wheel smoke: unexpected status {info}')
 "
-echo "wheel smoke: installed wheel indexed 6 pictures ($((SECONDS - started)) s)"
+# The demo model shipped in the wheel, with its captioner, in a home of its own.
+out=$(PIXSEARCH_HOME="$tmp/demo-home" PIXSEARCH_MODEL=demo PIXSEARCH_CAPTIONER=demo \
+    "$tmp/venv/bin/pixsearch" index "$tmp/pictures" --captions --json)
+"$py" -c "
+import json, sys
+report = json.loads(sys.argv[1])
+if report['added'] != 6 or report.get('captioned') != 6:
+    sys.exit(f'wheel smoke: the demo model did not index and caption: {report}')
+" "$out"
+echo "wheel smoke: installed wheel indexed 6 pictures, and with the demo model captioned them ($((SECONDS - started)) s)"

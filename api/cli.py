@@ -7,15 +7,14 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
-from api.cli_support import ProgressBar, print_hits, set_up_logging
+from api import cli_demo, cli_search
+from api.cli_common import JsonFlag, overrides, settings
+from api.cli_support import ProgressBar, index_summary, set_up_logging
 from api.display import one_line
-
-if TYPE_CHECKING:
-    from indexer.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +26,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-
-_overrides: dict[str, Any] = {}
-
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
-KOption = Annotated[int, typer.Option("-k", "--top", min=1, max=10000, help="Number of results.")]
 
 
 @app.callback()
@@ -45,7 +39,7 @@ def _global(
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="More logs.")] = 0,
 ) -> None:
     """Flags given here override the PIXSEARCH_* environment variables."""
-    _overrides.clear()
+    overrides.clear()
     for key, value in (
         ("home", home),
         ("model", model),
@@ -53,23 +47,8 @@ def _global(
         ("device", device),
     ):
         if value is not None:
-            _overrides[key] = value
+            overrides[key] = value
     set_up_logging(verbose)
-
-
-def settings(**extra: Any) -> Settings:
-    """Settings from the environment, with command-line flags on top."""
-    from pydantic import ValidationError
-
-    from indexer.errors import InvalidInput
-    from indexer.settings import Settings
-
-    try:
-        return Settings(**{**_overrides, **extra})
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "settings"
-        raise InvalidInput(f"invalid setting {where}: {err['msg']}") from None
 
 
 @app.command()
@@ -83,7 +62,10 @@ def index(
         bool, typer.Option("--captions", help="Also caption every image (PIXSEARCH_CAPTIONER).")
     ] = False,
 ) -> None:
-    """Index photos: new files are added, changed ones updated, moved ones followed."""
+    """Index photos: new files are added, changed ones updated, moved ones followed.
+
+    With --captions, images without a stored caption get one (and the summary says how
+    many were written)."""
     from indexer.captioners.base import CaptionStore, caption_missing, load_captioner
     from indexer.encoder import get_encoder
     from indexer.errors import InvalidInput
@@ -111,21 +93,20 @@ def index(
     finally:
         if bar is not None:
             bar.stop()
+    captioned = None
     if captioner is not None:
+        captioned = 0
         model = home.model_row(encoder.key)
         if model is not None:
             store = CaptionStore(home, captioner, encoder.key)
-            made = caption_missing(home, store, model.id, model.dim)
-            log.info("captioned %d images with %s", made, captioner.name)
+            captioned = caption_missing(home, store, model.id, model.dim)
     if as_json:
-        typer.echo(json.dumps(report.to_dict()))
+        out = report.to_dict()
+        if captioned is not None:
+            out["captioned"] = captioned
+        typer.echo(json.dumps(out))
         return
-    typer.echo(
-        f"{report.scanned} scanned: {report.added} added, {report.updated} updated, "
-        f"{report.unchanged} unchanged, {report.moved} moved, {report.removed} removed, "
-        f"{len(report.failed)} failed ({report.seconds:.1f} s, "
-        f"{report.images_per_second:.1f} images/s)"
-    )
+    typer.echo(index_summary(report, captioned, captioner.name if captioner else None))
     for failure in report.failed[:20]:
         typer.echo(f"  failed: {one_line(failure.path)}: {failure.error}", err=True)
     if len(report.failed) > 20:
@@ -141,30 +122,9 @@ def _searcher() -> Any:
     return Searcher(Home(cfg), get_encoder(cfg))
 
 
-@app.command()
-def search(
-    text: Annotated[str, typer.Argument(help="What to look for, in words.")],
-    k: KOption = 10,
-    as_json: JsonFlag = False,
-) -> None:
-    """Find photos matching a text."""
-    print_hits(_searcher().text(text, k), as_json)
-
-
-@app.command()
-def similar(
-    image: Annotated[str, typer.Argument(help="An indexed image id, or the path of any image.")],
-    k: KOption = 10,
-    as_json: JsonFlag = False,
-) -> None:
-    """Find photos similar to an image (an indexed one is its own first hit)."""
-    from indexer.errors import NotFound
-
-    if image.lstrip("-").isdigit() and not os.path.exists(image):
-        number = int(image)
-        if not 0 < number < 2**63:  # no SQLite row id can be this
-            raise NotFound(f"no indexed image has id {number}")
-    print_hits(_searcher().similar(image, k), as_json)
+app.command()(cli_search.search)
+app.command()(cli_search.similar)
+app.command()(cli_demo.demo)
 
 
 @app.command()
@@ -172,10 +132,10 @@ def status(as_json: JsonFlag = False) -> None:
     """Show the home, the model, how many images are indexed and the index size."""
     from indexer.encoder import model_key
     from indexer.home import Home
+    from indexer.lookups import database_bytes
 
     cfg = settings()
     home = Home(cfg)
-    from indexer.lookups import database_bytes
 
     key = model_key(cfg.model, cfg.pretrained)
     info: dict[str, Any] = {
@@ -187,6 +147,7 @@ def status(as_json: JsonFlag = False) -> None:
         "index_bytes": 0,
         "database_bytes": 0,
         "home_bytes": 0,
+        "server": None,
     }
     if home.exists():
         info["images"] = home.image_count()
@@ -199,6 +160,8 @@ def status(as_json: JsonFlag = False) -> None:
             info["index_bytes"] = path.stat().st_size if path.exists() else 0
         info["home_bytes"] = home.size_on_disk()
         info["database_bytes"] = database_bytes(home)
+        server = cli_search.server_of(cfg)
+        info["server"] = server.url if server is not None else None
     if as_json:
         typer.echo(json.dumps(info))
         return
@@ -302,13 +265,15 @@ def serve(
     """Run the web page and HTTP API (OpenAPI docs at /docs)."""
     import uvicorn
 
+    from api.discovery import ServerInfo, announce, local_url, withdraw
     from api.protocol import header_deadline
     from api.security import is_loopback
     from api.server import create_app
     from api.service import Service
 
     class Server(uvicorn.Server):
-        """uvicorn, saying where it serves once it does (models loaded, socket bound)."""
+        """uvicorn, saying where it serves once it does (models loaded, socket bound), on
+        stderr and in the home's server file (which `search` and `similar` look for)."""
 
         async def startup(self, sockets: list[Any] | None = None) -> None:
             await super().startup(sockets=sockets)
@@ -316,6 +281,19 @@ def serve(
                 bound = self.servers[0].sockets[0].getsockname()[1] if self.servers else port
                 where = f"[{host}]" if ":" in host else host
                 typer.echo(f"pixsearch: serving http://{where}:{bound} (API docs: /docs)", err=True)
+                info = ServerInfo(
+                    local_url(host, bound), os.getpid(), bool(cfg.api_key), service.encoder.key
+                )
+                try:
+                    announce(service.home.path, info)
+                except OSError as exc:  # the page works without it; the CLI just won't ask
+                    log.warning("cannot write the server file in %s: %s", service.home.path, exc)
+
+        async def shutdown(self, sockets: list[Any] | None = None) -> None:
+            # Here, not only after run(): uvicorn re-raises a SIGTERM once it has stopped,
+            # which ends the process before any `finally` of ours.
+            withdraw(service.home.path)
+            await super().shutdown(sockets=sockets)
 
     cfg = settings()
     if not is_loopback(host):
@@ -342,7 +320,10 @@ def serve(
         # Headers dribbled in (slowloris) would otherwise hold those connections for ever.
         http=header_deadline(cfg.header_timeout),
     )
-    Server(config).run()
+    try:
+        Server(config).run()
+    finally:
+        withdraw(service.home.path)
 
 
 @app.command()

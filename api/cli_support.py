@@ -13,6 +13,7 @@ import typer
 from api.display import one_line
 
 if TYPE_CHECKING:
+    from indexer.types import IndexReport
     from search.query import Hit
 
 log = logging.getLogger(__name__)
@@ -102,8 +103,9 @@ class ProgressBar:
         self._progress.stop()
 
 
-def print_hits(hits: list[Hit], as_json: bool) -> None:
-    """Hits as a table (one line each, whatever the file names hold) or as JSON."""
+def print_hits(hits: list[Hit], as_json: bool, captions: bool = False) -> None:
+    """Hits as a table (one line each, whatever the file names hold) or as JSON; with
+    `captions`, each hit's caption (a line below it in the table)."""
     if as_json:
         typer.echo(json.dumps([h.to_dict() for h in hits]))
         return
@@ -116,3 +118,23 @@ def print_hits(hits: list[Hit], as_json: bool) -> None:
         # One line per hit, whatever the file name holds; --json keeps paths exact.
         path = one_line(h.path)
         typer.echo(f"{h.score:7.4f}  {h.id:>7}  {f'{h.width}x{h.height}':>11}  {taken:<19}  {path}")
+        if captions and h.caption:
+            typer.echo(f"{'':>39}  {one_line(h.caption)}")
+
+
+def index_summary(report: IndexReport, captioned: int | None, captioner: str | None) -> str:
+    """The one-line summary of an `index` run (the speed only when something was embedded)."""
+    done = report.added + report.updated
+    speed = (
+        f"{report.seconds:.1f} s, {report.images_per_second:.1f} images/s"
+        if done
+        else f"{report.seconds:.1f} s, nothing new"
+    )
+    line = (
+        f"{report.scanned} scanned: {report.added} added, {report.updated} updated, "
+        f"{report.unchanged} unchanged, {report.moved} moved, {report.removed} removed, "
+        f"{len(report.failed)} failed ({speed})"
+    )
+    if captioned is not None:
+        line += f"; {captioned} caption{'' if captioned == 1 else 's'} written ({captioner})"
+    return line

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from indexer.errors import ModelUnavailable
-from indexer.model_errors import check_tag, load_error
+from indexer.model_errors import check_tag
+from indexer.named_models import named_model
 from indexer.packed import pack_for_cpu
 from indexer.types import Embeddings, Pixels
 
@@ -60,7 +61,14 @@ class Preprocess:
 
 
 def resolve_model_name(model: str) -> str:
-    """An open_clip architecture name; a path to a config JSON is registered under its stem."""
+    """An open_clip architecture name; a path to a config JSON, or the name of a model
+    shipped with pixsearch (`demo`), is registered under the config's stem."""
+    named = named_model(model)
+    if named is not None:
+        import open_clip
+
+        open_clip.add_model_config(named.config)
+        return named.architecture
     path = Path(model).expanduser()
     if model.endswith(".json"):
         if not path.is_file():
@@ -74,6 +82,9 @@ def resolve_model_name(model: str) -> str:
 
 def model_key(model: str, pretrained: str) -> str:
     """The name under which a model's embeddings are stored."""
+    named = named_model(model)
+    if named is not None:
+        return named.key
     name = Path(model).stem if model.endswith(".json") else model
     weights = Path(pretrained).name if _is_path(pretrained) else pretrained
     return f"{name}/{weights}"
@@ -91,19 +102,28 @@ class ClipEncoder:
     """An open_clip model loaded lazily, once, embedding batches of images and texts."""
 
     def __init__(
-        self, model: str, pretrained: str, device: str = "auto", precision: str = "auto"
+        self,
+        model: str,
+        pretrained: str,
+        device: str = "auto",
+        precision: str = "auto",
+        text_only: bool = False,
     ) -> None:
         self.model_name = model
         self.pretrained = pretrained
         self.requested_device = device
         self.requested_precision = precision
+        #: Loaded without its image tower: embeds texts only (a text query needs no more).
+        self.text_only = text_only
         self.key = model_key(model, pretrained)
         self._lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ClipEncoder:
+    def from_settings(cls, settings: Settings, text_only: bool = False) -> ClipEncoder:
         """The encoder the settings name (not loaded yet)."""
-        return cls(settings.model, settings.pretrained, settings.device, settings.precision)
+        return cls(
+            settings.model, settings.pretrained, settings.device, settings.precision, text_only
+        )
 
     @cached_property
     def device(self) -> str:
@@ -131,31 +151,34 @@ class ClipEncoder:
         import open_clip
         import torch
 
+        from indexer.clip_loading import build_clip
+
         name = resolve_model_name(self.model_name)
         if name not in open_clip.list_models():
             raise ModelUnavailable(
                 f"unknown model '{self.model_name}': use an open_clip architecture name "
-                "(`pixsearch models` lists them) or the path of a model config JSON"
+                "(`pixsearch models` lists them), the path of a model config JSON, or demo"
             )
+        named = named_model(self.model_name)
         pretrained = self.pretrained
-        if _is_path(pretrained):
+        if named is not None:
+            pretrained = ""
+        elif _is_path(pretrained):
             path = Path(pretrained).expanduser()
             if not path.is_file():
                 raise ModelUnavailable(f"checkpoint file {pretrained} does not exist")
             pretrained = str(path)
         elif pretrained:
             check_tag(name, pretrained)
-        try:
-            model = open_clip.create_model(name, pretrained=pretrained or None, device="cpu")
-        except Exception as exc:  # open_clip raises many kinds; tell the user which case it is
-            raise load_error(name, self.pretrained, pretrained, exc) from None
+        model = build_clip(name, pretrained, named, text_only=self.text_only)
         model.eval()
         model.to(device=self.device, dtype=self.dtype)
         torch.set_grad_enabled(False)
         packed = pack_for_cpu(model) if self.device == "cpu" else 0
         log.info(
-            "loaded %s on %s in %s%s",
+            "loaded %s%s on %s in %s%s",
             self.key,
+            " (text tower)" if self.text_only else "",
             self.device,
             self.dtype,
             f" ({packed} layers packed for the CPU)" if packed else "",
@@ -177,6 +200,8 @@ class ClipEncoder:
     @cached_property
     def preprocess(self) -> Preprocess:
         """The model's input size, normalisation and resize mode."""
+        if self.text_only:
+            raise RuntimeError(f"encoder {self.key} was loaded for texts only")
         cfg = getattr(self._model.visual, "preprocess_cfg", {})
         size = cfg.get("size", self._model.visual.image_size)
         size = size[0] if isinstance(size, tuple | list) else size
@@ -302,13 +327,16 @@ def _normalise(out: torch.Tensor) -> Embeddings:
     return (vecs / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-_encoders: dict[tuple[str, str, str, str], ClipEncoder] = {}
+_encoders: dict[tuple[str, str, str, str, bool], ClipEncoder] = {}
 _encoders_lock = threading.Lock()
 
 
-def get_encoder(settings: Settings) -> ClipEncoder:
-    """The process-wide encoder for these settings: models are loaded once per process."""
-    key = (settings.model, settings.pretrained, settings.device, settings.precision)
+def get_encoder(settings: Settings, text_only: bool = False) -> ClipEncoder:
+    """The process-wide encoder for these settings: models are loaded once per process.
+
+    `text_only`: one without its image tower, for a process that only embeds texts.
+    """
+    key = (settings.model, settings.pretrained, settings.device, settings.precision, text_only)
     with _encoders_lock:
         if key not in _encoders:
             _encoders[key] = ClipEncoder(*key)

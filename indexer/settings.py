@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,9 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=_default_home, description="Data folder.")
     model: str = Field(
         "ViT-B-32",
-        description="open_clip architecture name, or the path of an open_clip model config JSON.",
+        description="open_clip architecture name, the path of an open_clip model config JSON, "
+        "or demo (the tiny model shipped with pixsearch; works offline, knows only the "
+        "synthetic shapes of `pixsearch demo`).",
     )
     pretrained: str = Field(
         "laion2b_s34b_b79k",
@@ -36,6 +38,11 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 on CPUs with AVX-512 BF16/AMX, fp16 on CUDA, else fp32."
+    )
+    text_tower_only: bool = Field(
+        True,
+        description="`pixsearch search` without a server loads only the model's text tower "
+        "for a text query (false: the whole model, as before).",
     )
     batch_size: int = Field(32, ge=1, le=4096)
     workers: int = Field(0, ge=0, le=256, description="Image decoding threads; 0 = one per core.")
@@ -52,7 +59,8 @@ class Settings(BaseSettings):
 
     captioner: str = Field(
         "nlpconnect/vit-gpt2-image-captioning",
-        description="Captioner: a hub model id, a local folder (save_pretrained), or none.",
+        description="Captioner: a hub model id, a local folder (save_pretrained), demo, or "
+        "none. Unset, a shipped model (demo) uses its own captioner.",
     )
     dedupe_threshold: float = Field(
         0.97, ge=0.5, le=1.0, description="Hits closer than this (cosine) collapse into one."
@@ -105,6 +113,20 @@ class Settings(BaseSettings):
         description="Host names answered besides localhost, loopback and the bound address "
         "(DNS rebinding); `*` answers any, `*.example.org` its subdomains.",
     )
+
+    @model_validator(mode="after")
+    def _named_model_captioner(self) -> Settings:
+        # The default captioner reads another CLIP's world; a shipped model brings its own.
+        from indexer.named_models import named_model
+
+        named = named_model(self.model)
+        if (
+            named is not None
+            and named.captioner is not None
+            and "captioner" not in (self.model_fields_set)
+        ):
+            self.captioner = named.name
+        return self
 
     @property
     def db_url(self) -> str:

@@ -2,7 +2,7 @@
 """Train the tiny ClipCap captioner used by the tests (CPU only; ~3 min on 2 busy cores).
 
 A small MLP maps the L2-normalised image embedding of the tiny CLIP
-(``tests/assets/tiny_clip``, see ``train_tiny_clip.py``) to a prefix of GPT-2 input
+(``indexer/demo_model/clip``, see ``train_tiny_clip.py``) to a prefix of GPT-2 input
 vectors; a small ``GPT2LMHeadModel`` over open_clip's 49408-token BPE vocabulary then
 writes the caption. Training data: the synthetic shapes dataset (seed 0), both captions
 of every picture.
@@ -11,7 +11,7 @@ Token rows that no caption uses are kept at exactly zero during training (the lo
 computed over the used rows plus the zero rows folded into the normaliser, which is the
 same as the full-vocabulary loss), so the saved weights are row-sparse and small.
 
-Usage (writes ``tests/assets/tiny_captioner/``; run after ``train_tiny_clip.py``)::
+Usage (writes ``indexer/demo_model/captioner/``; run after ``train_tiny_clip.py``)::
 
     HF_HUB_OFFLINE=1 uv run python scripts/train_tiny_captioner.py --threads 1
 """
@@ -30,11 +30,11 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+sys.path[:0] = [str(ROOT)]
 
-import make_synthetic_dataset as shapes  # noqa: E402
 from train_tiny_clip import load_images  # noqa: E402
 
+from indexer import shapes  # noqa: E402
 from indexer.captioners.clipcap import (  # noqa: E402
     ClipCapCaptioner,
     ClipCapConfig,
@@ -105,7 +105,7 @@ def caption_accuracy(samples: list[Any], captions: list[str]) -> dict[str, float
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--clip-dir", type=Path, default=TINY_CLIP_DIR)
-    ap.add_argument("--out", type=Path, default=ROOT / "tests" / "assets" / "tiny_captioner")
+    ap.add_argument("--out", type=Path, default=ROOT / "indexer" / "demo_model" / "captioner")
     ap.add_argument("--seed", type=int, default=0, help="training dataset + init seed")
     ap.add_argument("--count", type=int, default=3360)
     ap.add_argument("--epochs", type=int, default=10)

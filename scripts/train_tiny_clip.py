@@ -21,7 +21,7 @@ gradient anyway) and the weights are stored float16, row-sparse, in an ``.npz`` 
 hundred KB. ``tests/assets/tiny_models.py:materialize_tiny_clip`` turns them back into the
 plain ``.pt`` checkpoint that ``open_clip.create_model_and_transforms`` loads.
 
-Usage (writes ``tests/assets/tiny_clip/``; ``--threads 1`` is what the assets were built with
+Usage (writes ``indexer/demo_model/clip/``; ``--threads 1`` is what the assets were built with
 and is faster when the machine is busy)::
 
     HF_HUB_OFFLINE=1 uv run python scripts/train_tiny_clip.py --threads 1
@@ -41,10 +41,9 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+sys.path[:0] = [str(ROOT)]
 
-import make_synthetic_dataset as shapes  # noqa: E402
-
+from indexer import shapes  # noqa: E402
 from indexer.captioners.clipcap import pack_state_dict  # noqa: E402
 
 MODEL_NAME = "pixsearch-tiny-clip"
@@ -192,7 +191,7 @@ def evaluate(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, default=ROOT / "tests" / "assets" / "tiny_clip")
+    ap.add_argument("--out", type=Path, default=ROOT / "indexer" / "demo_model" / "clip")
     ap.add_argument("--seed", type=int, default=0, help="training dataset + init seed")
     ap.add_argument("--count", type=int, default=3360, help="training pictures")
     ap.add_argument("--epochs", type=int, default=60)

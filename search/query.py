@@ -52,8 +52,9 @@ class Hit:
     caption: str | None = None
 
     def to_dict(self) -> dict[str, object]:
-        """The JSON shape of a hit (the CLI's; the API adds thumbnail_url)."""
-        return {
+        """The JSON shape of a hit (the CLI's; the API adds thumbnail_url); `caption` only
+        when the hit was captioned."""
+        out: dict[str, object] = {
             "id": self.id,
             "path": self.path,
             "score": round(self.score, 6),
@@ -61,6 +62,9 @@ class Hit:
             "height": self.height,
             "taken_at": self.taken_at.isoformat() if self.taken_at else None,
         }
+        if self.caption is not None:
+            out["caption"] = self.caption
+        return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -222,6 +222,14 @@ class CaptionStore:
         return {h: strength / best if best > 0 else 1.0 for h, strength in rows}
 
 
+def any_captions(home: Home) -> bool:
+    """Whether the home holds any stored caption (from any captioner)."""
+    if not home.exists():
+        return False
+    with home.session() as s:
+        return s.scalar(select(Caption.content_hash).limit(1)) is not None
+
+
 def caption_missing(
     home: Home, store: CaptionStore, model_id: int, dim: int, batch: int = 16
 ) -> int:

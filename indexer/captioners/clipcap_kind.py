@@ -11,6 +11,7 @@ import numpy.typing as npt
 from indexer.captioners.base import register
 from indexer.captioners.clipcap import CONFIG_NAME, ClipCapCaptioner
 from indexer.errors import ModelUnavailable
+from indexer.named_models import named_model
 from indexer.types import Embeddings
 
 
@@ -25,15 +26,30 @@ class ClipCapKind:
         return ClipCapAdapter(spec, device)
 
 
+@register("named")
+class NamedCaptionerKind:
+    """The captioner of a model shipped with pixsearch, by the model's name (`demo`)."""
+
+    def accepts(self, spec: str) -> bool:
+        named = named_model(spec)
+        return named is not None and named.captioner is not None
+
+    def build(self, spec: str, device: str) -> ClipCapAdapter:
+        named = named_model(spec)
+        if named is None or named.captioner is None:
+            raise ModelUnavailable(f"no captioner ships with model '{spec}'")
+        return ClipCapAdapter(str(named.captioner), device, name=f"clipcap:{named.name}")
+
+
 class ClipCapAdapter:
     """The Captioner interface over `ClipCapCaptioner`; image files are never opened."""
 
-    def __init__(self, folder: str, device: str = "cpu") -> None:
+    def __init__(self, folder: str, device: str = "cpu", name: str | None = None) -> None:
         path = Path(folder).expanduser()
         if not (path / CONFIG_NAME).is_file():
             raise ModelUnavailable(f"{folder} is not a ClipCap captioner folder")
         self.impl = ClipCapCaptioner(path, device)
-        self.name = f"clipcap:{path.name}"
+        self.name = name or f"clipcap:{path.name}"
 
     @property
     def clip_model(self) -> str:

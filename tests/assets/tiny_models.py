@@ -1,7 +1,9 @@
 """Tiny trained models for tests: a CLIP and a ClipCap captioner over synthetic shapes.
 
-The committed assets are small (float16, row-sparse ``.npz``); these helpers turn them
-into what pixsearch loads like any real model::
+They ship in the package as the named model ``demo`` (``indexer/demo_model``;
+``PIXSEARCH_MODEL=demo`` loads them, with their captioner). The committed assets are small
+(float16, row-sparse ``.npz``); these helpers turn them into files pixsearch loads like any
+real model (an open_clip config JSON and a ``.pt`` checkpoint)::
 
     json_path, ckpt = materialize_tiny_clip(tmp_path)
     open_clip.add_model_config(json_path)
@@ -15,21 +17,23 @@ See ``tests/assets/README.md`` for how the assets were built.
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from pathlib import Path
 from types import ModuleType
 
+from indexer.named_models import NAMED_MODELS
+
 ASSETS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = ASSETS_DIR.parents[1]
-TINY_CLIP_DIR = ASSETS_DIR / "tiny_clip"
-TINY_CAPTIONER_DIR = ASSETS_DIR / "tiny_captioner"
+_DEMO = NAMED_MODELS["demo"]
+TINY_CLIP_DIR = _DEMO.folder
+assert _DEMO.captioner is not None
+TINY_CAPTIONER_DIR = _DEMO.captioner
 #: open_clip model name (the stem of the config JSON).
-TINY_CLIP_MODEL_NAME = "pixsearch-tiny-clip"
+TINY_CLIP_MODEL_NAME = _DEMO.architecture
 #: File name of the materialised checkpoint.
 TINY_CLIP_CHECKPOINT_NAME = "pixsearch-tiny-clip.pt"
-_TINY_CLIP_WEIGHTS = "tiny_clip_weights.npz"
+_TINY_CLIP_WEIGHTS = _DEMO.weights
 
 
 def materialize_tiny_clip(
@@ -72,20 +76,12 @@ def materialize_tiny_captioner(dest_dir: str | Path) -> Path:
 
 
 def shapes_module() -> ModuleType:
-    """``scripts/make_synthetic_dataset.py`` as a module (``make_dataset``, ``COLOURS``, ...)."""
-    name = "pixsearch_make_synthetic_dataset"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(
-        name, REPO_ROOT / "scripts" / "make_synthetic_dataset.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    """The synthetic shapes generator, ``indexer.shapes`` (``make_dataset``, ``COLOURS``, ...)."""
+    from indexer import shapes
+
+    return shapes
 
 
 def make_synthetic_dataset(out_dir: str | Path, seed: int, count: int) -> Path:
-    """Shortcut for ``scripts/make_synthetic_dataset.py:make_dataset``; returns ``out_dir``."""
+    """Shortcut for ``indexer.shapes.make_dataset``; returns ``out_dir``."""
     return shapes_module().make_dataset(out_dir, seed, count)
