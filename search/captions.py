@@ -6,11 +6,10 @@ import logging
 from collections.abc import Sequence
 
 import numpy as np
-from sqlalchemy import select
 
 from indexer.captioners.base import Captioner, CaptionStore
-from indexer.db import Image
 from indexer.home import Home
+from indexer.lookups import ids_by_content_hash
 from indexer.types import Embeddings
 from search.query import Hit
 
@@ -53,8 +52,4 @@ class CaptionService:
         by_hash = self.store.keyword_hits(words)
         if not by_hash:
             return {}
-        with self.home.engine.connect() as conn:
-            rows = conn.execute(
-                select(Image.id, Image.content_hash).where(Image.content_hash.in_(list(by_hash)))
-            )
-            return {int(i): by_hash[h] for i, h in rows}
+        return {i: by_hash[h] for i, h in ids_by_content_hash(self.home, by_hash)}

@@ -15,12 +15,13 @@ from indexer.browse import file_time, order_by_date
 from indexer.db import Model
 from indexer.encoder import ClipEncoder
 from indexer.errors import IndexDamaged, InvalidInput
+from indexer.filters import allowed_ids, undated_notice
 from indexer.home import Home
+from indexer.lookups import id_range
 from indexer.types import Embeddings
 from indexer.vectors import Ids, VectorIndex
 from search import rerank
 from search.captions import CaptionService
-from search.filters import allowed_ids, undated_notice
 from search.query import Hit, Query, SearchResult
 from search.query_vectors import QueryVectors
 
@@ -180,13 +181,8 @@ class Searcher(QueryVectors):
             or (now - cached[0] < BACKGROUND_TTL and len(cached[2]) >= BACKGROUND_SAMPLE // 2)
         ):
             return cached[2]
-        from sqlalchemy import func, select
-
-        from indexer.db import Image
-
-        with self.home.engine.connect() as conn:
-            lo, hi = conn.execute(select(func.min(Image.id), func.max(Image.id))).one()
-        if lo is None:
+        lo, hi = id_range(self.home) or (None, None)
+        if lo is None or hi is None:
             vecs = np.zeros((0, model.dim), np.float32)
         elif hi - lo + 1 <= BACKGROUND_SAMPLE:
             _, vecs = self.home.stored_vectors(model.id, model.dim, np.arange(lo, hi + 1))

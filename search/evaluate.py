@@ -14,13 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import select
 
 from indexer.captioners.base import CaptionStore, load_captioner
-from indexer.db import Image
 from indexer.encoder import ClipEncoder
 from indexer.errors import InvalidInput, ModelUnavailable
 from indexer.home import Home
+from indexer.lookups import ids_by_path
 from indexer.pipeline import Indexer
 from indexer.settings import Settings
 from search.captions import CaptionService
@@ -131,8 +130,7 @@ def evaluate(
         report = Indexer(h, encoder).run([str(p) for p in ds.images])
         if report.failed:
             log.warning("%d images could not be indexed", len(report.failed))
-        with h.session() as s:
-            ids: dict[Path, int] = {Path(p): i for p, i in s.execute(select(Image.path, Image.id))}
+        ids = {Path(p): i for p, i in ids_by_path(h).items()}
         notice = None
         try:
             captioner = (

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import datetime
 from typing import Literal
 
 import numpy as np
 
+from indexer.filters import Filters
 from indexer.types import Embeddings
+
+__all__ = ["RERANK_MODES", "Filters", "Hit", "Query", "RerankMode", "SearchResult", "unit"]
 
 #: none: the index's order; standard: exact re-score + duplicate collapse; mmr: standard plus
 #: maximal marginal relevance; generative: standard plus the captioner's likelihood of the text.
@@ -16,23 +19,6 @@ RerankMode = Literal["none", "standard", "mmr", "generative"]
 RERANK_MODES: tuple[RerankMode, ...] = ("none", "standard", "mmr", "generative")
 #: relevance: best first; -date: the matches newest first; date: oldest first.
 SortOrder = Literal["relevance", "-date", "date"]
-
-
-@dataclass(frozen=True, slots=True)
-class Filters:
-    """Metadata conditions; every one given must hold."""
-
-    taken_after: date | datetime | None = None
-    taken_before: date | datetime | None = None
-    path_prefix: str | None = None
-    camera: str | None = None
-    min_width: int | None = None
-    min_height: int | None = None
-    format: str | None = None
-
-    def active(self) -> bool:
-        """Whether any condition is set."""
-        return any(getattr(self, f) not in (None, "") for f in self.__slots__)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""Metadata filters as SQL: the ids a `Filters` allows.
+"""Metadata filters as SQL: the ids a `Filters` allows (the store's side of a query's filters).
 
 Dates: a photo without an EXIF capture date (a scan, a screenshot, an edited export) is dated
 by its file's modification time, as file managers and photo apps do, rather than dropped by
@@ -7,7 +7,9 @@ every date filter.
 
 from __future__ import annotations
 
+import logging
 import os
+from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 
 import numpy as np
@@ -17,9 +19,27 @@ from indexer.db import Image
 from indexer.errors import InvalidInput
 from indexer.home import Home
 from indexer.vectors import Ids
-from search.query import Filters
+
+log = logging.getLogger(__name__)
 
 _FORMAT_ALIASES = {"jpg": "jpeg", "jpe": "jpeg", "tif": "tiff", "heic": "heif"}
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """Metadata conditions; every one given must hold."""
+
+    taken_after: date | datetime | None = None
+    taken_before: date | datetime | None = None
+    path_prefix: str | None = None
+    camera: str | None = None
+    min_width: int | None = None
+    min_height: int | None = None
+    format: str | None = None
+
+    def active(self) -> bool:
+        """Whether any condition is set."""
+        return any(getattr(self, f) not in (None, "") for f in self.__slots__)
 
 
 def _start(d: date | datetime) -> datetime:
