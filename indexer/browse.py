@@ -18,9 +18,8 @@ from typing import Literal
 from sqlalchemy import func, select
 
 from indexer.db import Image
+from indexer.filters import Filters, conditions
 from indexer.home import Home
-from search.filters import conditions  # TEMP until i11a lands
-from search.query import Filters  # TEMP
 
 log = logging.getLogger(__name__)
 

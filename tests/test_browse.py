@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.server import create_app
-from tests.helpers import picture, post_search, run_cli
+from tests.helpers import picture, post_search
 
 #: (file, capture time or None, make, model, GPS, format, size)
 PHOTOS = [
@@ -132,7 +132,9 @@ def test_facets_list_what_the_collection_holds(client: TestClient) -> None:
     ]  # fmt: skip
     # Every value offered as a camera filter finds its photos.
     for cam in f["cameras"]:
-        assert client.get("/images", params={"camera": cam["value"]}).json()["total"] == cam["count"]
+        assert (
+            client.get("/images", params={"camera": cam["value"]}).json()["total"] == cam["count"]
+        )
 
 
 def test_photo_info_has_what_the_lightbox_shows(client: TestClient) -> None:
