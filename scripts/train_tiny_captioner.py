@@ -30,11 +30,11 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+sys.path[:0] = [str(ROOT)]
 
-import make_synthetic_dataset as shapes  # noqa: E402
 from train_tiny_clip import load_images  # noqa: E402
 
+from indexer import shapes  # noqa: E402
 from indexer.captioners.clipcap import (  # noqa: E402
     ClipCapCaptioner,
     ClipCapConfig,

@@ -41,10 +41,9 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+sys.path[:0] = [str(ROOT)]
 
-import make_synthetic_dataset as shapes  # noqa: E402
-
+from indexer import shapes  # noqa: E402
 from indexer.captioners.clipcap import pack_state_dict  # noqa: E402
 
 MODEL_NAME = "pixsearch-tiny-clip"

@@ -15,9 +15,7 @@ See ``tests/assets/README.md`` for how the assets were built.
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -72,20 +70,12 @@ def materialize_tiny_captioner(dest_dir: str | Path) -> Path:
 
 
 def shapes_module() -> ModuleType:
-    """``scripts/make_synthetic_dataset.py`` as a module (``make_dataset``, ``COLOURS``, ...)."""
-    name = "pixsearch_make_synthetic_dataset"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(
-        name, REPO_ROOT / "scripts" / "make_synthetic_dataset.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    """The synthetic shapes generator, ``indexer.shapes`` (``make_dataset``, ``COLOURS``, ...)."""
+    from indexer import shapes
+
+    return shapes
 
 
 def make_synthetic_dataset(out_dir: str | Path, seed: int, count: int) -> Path:
-    """Shortcut for ``scripts/make_synthetic_dataset.py:make_dataset``; returns ``out_dir``."""
+    """Shortcut for ``indexer.shapes.make_dataset``; returns ``out_dir``."""
     return shapes_module().make_dataset(out_dir, seed, count)
