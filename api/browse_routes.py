@@ -90,7 +90,9 @@ class BrowseResponse(BaseModel):
     items: list[PhotoOut]
     total: int = Field(description="Photos the filters allow, all pages together.")
     offset: int
-    months: list[MonthOut] = Field(description="Photos per month the filters allow, newest first.")
+    months: list[MonthOut] = Field(
+        description="Photos per month the filters allow, newest first (on the first page)."
+    )
     undated: UndatedOut | None = Field(None, description="Only with a date filter.")
     notice: str | None = None
 

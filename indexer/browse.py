@@ -148,7 +148,8 @@ def browse(
     offset: int = 0,
     k: int = 60,
 ) -> BrowsePage:
-    """The photos the filters allow, by date ("-date": newest first), one page of them."""
+    """The photos the filters allow, by date ("-date": newest first), one page of them; the
+    first page also counts the photos per month (for a month jumper)."""
     conds = conditions(filters)
     key = WHEN.desc() if sort == "-date" else WHEN.asc()
     tie = Image.id.desc() if sort == "-date" else Image.id.asc()
@@ -159,7 +160,7 @@ def browse(
     return BrowsePage(
         [PhotoInfo.of(r) for r in rows],
         total,
-        month_counts(home, filters),
+        month_counts(home, filters) if offset == 0 else [],
         undated(home, filters),
     )
 

@@ -408,7 +408,7 @@
 
   function updateChip() {
     const q = state.query;
-    if (!q || q.kind === "text") {
+    if (!q || q.kind === "text" || q.kind === "browse") {
       els.chip.hidden = true;
       els.chipImg.removeAttribute("src");
       document.body.classList.remove("image-query");
@@ -444,7 +444,9 @@
     try {
       const data = await api("/ready");
       const images = Number(data.images);
+      const before = state.imageCount;
       state.imageCount = Number.isFinite(images) ? images : null;
+      if (before !== null && before !== state.imageCount) loadFacets();
       const model = data.model ? ` · ${data.model}` : "";
       if (data.ready === false) {
         els.count.textContent = `indexing… ${fmtInt(images)} photos so far${model}`;
@@ -1087,6 +1089,8 @@
     if (e.key === "ArrowLeft") { e.preventDefault(); stepLightbox(-1); }
     else if (e.key === "ArrowRight") { e.preventDefault(); stepLightbox(1); }
   });
+  // The stage changes size with the window and with the panel below (its lines wrap).
+  if ("ResizeObserver" in window) new ResizeObserver(() => { if (els.lb.open) fitLightbox(); }).observe(els.lbStage);
   window.addEventListener("resize", () => { if (els.lb.open) fitLightbox(); });
   // Swipe left or right on the photo: the next or the previous one.
   let touchStart = null;
