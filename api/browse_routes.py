@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import date, datetime
+from datetime import date
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
 
 from api.display import printable
-from api.schemas import FiltersIn
+from api.schemas import FiltersIn, LocalTime
 from api.service import Service
 from indexer import browse as store
 from indexer.errors import NotFound
@@ -31,10 +31,10 @@ class PhotoOut(BaseModel):
     width: int
     height: int
     format: str
-    date: datetime | None = Field(description="Capture time, or the file's time without one.")
+    date: LocalTime | None = Field(description="Capture time, or the file's time without one.")
     dated_by: Literal["camera", "file"] = Field(description="Where `date` comes from.")
     month: str | None = Field(description="The month it is grouped under: 2024-05.")
-    taken_at: datetime | None = Field(description="EXIF capture time, if any.")
+    taken_at: LocalTime | None = Field(description="EXIF capture time, if any.")
     camera: str | None
     camera_make: str | None
     camera_model: str | None
@@ -112,8 +112,8 @@ class FacetsOut(BaseModel):
     formats: list[ValueOut]
     max_width: int
     max_height: int
-    first: datetime | None = Field(description="The oldest photo's date.")
-    last: datetime | None = Field(description="The newest photo's date.")
+    first: LocalTime | None = Field(description="The oldest photo's date.")
+    last: LocalTime | None = Field(description="The newest photo's date.")
     months: list[MonthOut] = Field(description="Photos per month, newest first.")
     undated: int = Field(description="Photos without a capture date (dated by file time).")
 

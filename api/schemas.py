@@ -5,12 +5,24 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 from api.display import printable
 from search.query import Filters, Hit, Query, RerankMode, SortOrder
 
 RerankIn = bool | Literal["none", "standard", "mmr", "generative"]
+#: A photo's local time as the camera or the file system records it: no time zone (EXIF has
+#: none), so not an RFC 3339 date-time.
+LocalTime = Annotated[
+    datetime,
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?$",
+            "description": "Local date and time without a time zone: 2024-05-01T14:03:00",
+        }
+    ),
+]
 Weight = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
 
 
@@ -128,7 +140,7 @@ class HitOut(BaseModel):
     width: int
     height: int
     taken_at: datetime | None
-    date: datetime | None = Field(None, description="Capture time, or the file's without one.")
+    date: LocalTime | None = Field(None, description="Capture time, or the file's without one.")
     dated_by: Literal["camera", "file"] = Field("camera", description="Where `date` is from.")
     caption: str | None
     thumbnail_url: str
