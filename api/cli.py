@@ -175,6 +175,8 @@ def status(as_json: JsonFlag = False) -> None:
 
     cfg = settings()
     home = Home(cfg)
+    from indexer.lookups import database_bytes
+
     key = model_key(cfg.model, cfg.pretrained)
     info: dict[str, Any] = {
         "home": str(home.path),
@@ -196,8 +198,7 @@ def status(as_json: JsonFlag = False) -> None:
             path = home.index_path(key)
             info["index_bytes"] = path.stat().st_size if path.exists() else 0
         info["home_bytes"] = home.size_on_disk()
-        db_file = home.path / "pixsearch.db"
-        info["database_bytes"] = db_file.stat().st_size if db_file.exists() else 0
+        info["database_bytes"] = database_bytes(home)
     if as_json:
         typer.echo(json.dumps(info))
         return

@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import quote
 
 from sqlalchemy import (
+    BigInteger,
     Engine,
     Float,
     ForeignKey,
@@ -21,34 +22,56 @@ from sqlalchemy import (
     TypeDecorator,
     create_engine,
     event,
+    inspect,
+    make_url,
     text,
 )
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 log = logging.getLogger(__name__)
 
+#: PostgreSQL advisory lock key held while migrating (any constant no other lock uses).
+MIGRATION_LOCK = 0x70697873_00000001
+
 #: The Alembic revision this code expects; a test checks it is the head of migrations/.
-SCHEMA_REVISION = "0003"
+SCHEMA_REVISION = "0004"
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _ESCAPED = re.compile("\x00([0-9a-f]{4})")
+#: PostgreSQL's text cannot hold NUL: there the escape is U+0001, escaped itself when a name
+#: holds one (a name can hold any character but NUL and '/').
+_PG_SURROGATE = re.compile("[\ud800-\udfff\x01]")
+_PG_ESCAPED = re.compile("\x01([0-9a-f]{4})")
 
 
-def encode_path(path: str) -> str:
+def encode_path(path: str, dialect: str = "sqlite") -> str:
     """A path as storable UTF-8 text. A Linux file name is bytes; the bytes that are not
     UTF-8 come from `os.fsdecode` as lone surrogates, which UTF-8 cannot hold: each becomes
-    NUL and four hex digits. No path holds a NUL, so this is lossless, and it maps character
-    by character, so a folder's prefix stays the prefix of its files."""
+    NUL (U+0001 on PostgreSQL, see `_PG_SURROGATE`) and four hex digits. This is lossless,
+    and it maps character by character, so a folder's prefix stays the prefix of its files."""
+    if dialect == "postgresql":
+        return _PG_SURROGATE.sub(lambda m: f"\x01{ord(m.group()):04x}", path)
     return _SURROGATE.sub(lambda m: f"\x00{ord(m.group()):04x}", path)
 
 
-def decode_path(text: str) -> str:
+def decode_path(text: str, dialect: str = "sqlite") -> str:
     """The inverse of `encode_path`."""
+    if dialect == "postgresql":
+        if "\x01" not in text:
+            return text
+        return _PG_ESCAPED.sub(lambda m: chr(int(m.group(1), 16)), text)
     if "\x00" not in text:
         return text
     return _ESCAPED.sub(lambda m: chr(int(m.group(1), 16)), text)
+
+
+#: Paths compare byte by byte (folder prefixes are ranges on the path index): PostgreSQL's
+#: database collation (en_US.UTF-8 and the like) would sort '/' among letters.
+PATH_TEXT = String().with_variant(String(collation="C"), "postgresql")
+#: Sizes and nanosecond times need 64 bits; SQLite's INTEGER has them, PostgreSQL's has 32.
+BIG_INT = Integer().with_variant(BigInteger(), "postgresql")
 
 
 class FsPath(TypeDecorator[str]):
@@ -57,11 +80,14 @@ class FsPath(TypeDecorator[str]):
     impl = String
     cache_ok = True
 
-    def process_bind_param(self, value: str | None, dialect: object) -> str | None:
-        return None if value is None else encode_path(value)
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        return dialect.type_descriptor(PATH_TEXT)
 
-    def process_result_value(self, value: str | None, dialect: object) -> str | None:
-        return None if value is None else decode_path(value)
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else encode_path(value, dialect.name)
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else decode_path(value, dialect.name)
 
 
 class Base(DeclarativeBase):
@@ -75,8 +101,8 @@ class Image(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     path: Mapped[str] = mapped_column(FsPath, unique=True)
-    size: Mapped[int] = mapped_column(Integer)
-    mtime_ns: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(BIG_INT)
+    mtime_ns: Mapped[int] = mapped_column(BIG_INT)
     content_hash: Mapped[str] = mapped_column(String(32), index=True)
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
@@ -141,8 +167,20 @@ class Library(Base):
     added_at: Mapped[datetime]
 
 
-#: SQLite objects that the ORM does not model: the FTS5 index over captions and its triggers.
+#: Objects that the ORM does not model: SQLite's FTS5 index over captions (and its shadow
+#: tables), PostgreSQL's tsvector column over captions and its GIN index.
 FTS_TABLES = ("captions_fts",)
+FTS_COLUMNS = ("text_tsv",)
+FTS_INDEXES = ("ix_captions_text_tsv",)
+
+
+def modelled(obj: object, name: str | None, type_: str, *_: object) -> bool:
+    """Alembic `include_object`: leave the full-text objects out of autogenerate."""
+    if not name:
+        return True
+    if type_ == "table":
+        return not name.startswith(FTS_TABLES)
+    return name not in {"column": FTS_COLUMNS, "index": FTS_INDEXES}.get(type_, ())
 
 
 def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
@@ -167,9 +205,19 @@ def _common_pragmas(cur: Any) -> None:
     cur.close()
 
 
+#: create_engine options per database kind.
+_ENGINE_OPTIONS: dict[str, dict[str, Any]] = {
+    "sqlite": {"connect_args": {"timeout": 60}},
+    # A server that answers nothing fails within seconds, not the OS's minutes; a connection
+    # the server dropped (a restart, an idle timeout) is replaced before use.
+    "postgresql": {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True},
+}
+
+
 def make_engine(url: str) -> Engine:
     """An engine for `url`; SQLite gets WAL mode and a generous busy timeout."""
-    engine = create_engine(url, connect_args={"timeout": 60} if url.startswith("sqlite") else {})
+    kind = make_url(url).get_backend_name()
+    engine = create_engine(url, **_ENGINE_OPTIONS.get(kind, {}))
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
@@ -226,10 +274,11 @@ def upgrade(engine: Engine, *, read_only: bool = False) -> None:
     A `read_only` database must already be at the head revision.
     """
     with engine.connect() as conn:
-        try:
-            current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-        except OperationalError:  # no table yet: a new database
-            current = None
+        current = (
+            conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            if inspect(conn).has_table("alembic_version")
+            else None  # a new database
+        )
     if current == SCHEMA_REVISION:
         return
     if read_only:
@@ -249,5 +298,10 @@ def upgrade(engine: Engine, *, read_only: bool = False) -> None:
             # migration leaves half a schema that every later run fails to upgrade. IMMEDIATE
             # also makes a second process opening a new home wait, then find it migrated.
             conn.exec_driver_sql("BEGIN IMMEDIATE")
+        elif engine.dialect.name == "postgresql":
+            # PostgreSQL's DDL is transactional; the lock makes a second process opening a new
+            # database at the same moment wait, then find it migrated (the lock ends with the
+            # transaction).
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
         cfg.attributes["connection"] = conn  # type: ignore[attr-defined]
         command.upgrade(cfg, "head")  # type: ignore[arg-type]

@@ -6,11 +6,9 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterable
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from sqlalchemy import Engine, event, func, select, update
@@ -20,6 +18,8 @@ from sqlalchemy.orm import Session
 from indexer import db, homeerrors
 from indexer.db import Embedding, Image, Library, Model
 from indexer.errors import HomeError
+from indexer.postgres import connection_error, is_connection_error, public_url, reason_of
+from indexer.rows import collect_vectors
 from indexer.settings import Settings
 from indexer.types import Embeddings
 from indexer.vectors import Ids, VectorIndex
@@ -42,6 +42,19 @@ class Home:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.path = Path(settings.home).expanduser()
+
+    @cached_property
+    def dialect(self) -> str:
+        """The kind of database ("sqlite", "postgresql"), from the URL (nothing is opened)."""
+        from sqlalchemy.engine import make_url
+
+        try:
+            return make_url(self.settings.db_url).get_backend_name()
+        except Exception:
+            raise HomeError(
+                "PIXSEARCH_DATABASE_URL is not a database URL "
+                "(e.g. postgresql+psycopg://user:password@host/database)"
+            ) from None
 
     @property
     def db_file(self) -> Path | None:
@@ -89,27 +102,39 @@ class Home:
         A home in a folder that cannot be written is opened read-only (searching works).
         """
         path = self.db_file
+        url = self.settings.db_url
+        self.dialect  # noqa: B018 - a URL that is no URL fails here, in the same words everywhere
         try:
             if path is not None and self.read_only:
                 engine = db.make_read_only_engine(path)
                 read_only = True
             else:
-                self.path.mkdir(parents=True, exist_ok=True)
-                engine = db.make_engine(self.settings.db_url)
+                if path is not None:  # a server's database: the folder waits for an index
+                    self.path.mkdir(parents=True, exist_ok=True)
+                engine = db.make_engine(url)
                 read_only = False
-            if path is not None:
-                event.listen(engine, "handle_error", self._translate)
+            translate = self._TRANSLATORS.get(engine.dialect.name)
+            if translate is not None:
+                event.listen(engine, "handle_error", getattr(self, translate))
             db.upgrade(engine, read_only=read_only)
         except OSError as exc:
             raise homeerrors.from_os_error(exc, self.path) or HomeError(
                 f"cannot use data folder {self.path}: {exc.strerror or exc}"
             ) from None
+        except ImportError as exc:  # the URL names a driver that is not installed
+            raise HomeError(
+                f"the database {public_url(url)} needs the Python package {exc.name}: "
+                "install pixsearch with the 'postgres' extra (pip install 'pixsearch[postgres]')"
+            ) from None
         except Exception as exc:
             if type(exc).__module__.startswith(("sqlalchemy", "alembic")):
-                reason = " ".join(str(exc).split())[:160]
-                raise HomeError(f"cannot open database {self.settings.db_url}: {reason}") from None
+                reason = " ".join(reason_of(exc).split())[:200]
+                raise HomeError(f"cannot open database {public_url(url)}: {reason}") from None
             raise
         return engine
+
+    #: `handle_error` hooks per database kind, by method name.
+    _TRANSLATORS = {"sqlite": "_translate", "postgresql": "_translate_pg"}
 
     def _translate(self, context: ExceptionContext) -> None:
         """SQLAlchemy `handle_error` hook: SQLite's full-disk, damage and read-only errors
@@ -118,6 +143,13 @@ class Home:
         error = homeerrors.from_sqlite_error(context.original_exception, self.db_file, self.path)
         if error is not None:
             raise error
+
+    def _translate_pg(self, context: ExceptionContext) -> None:
+        """SQLAlchemy `handle_error` hook: a PostgreSQL server that cannot be reached (or
+        refuses the credentials, or lost the connection) is one HomeError line."""
+        exc = context.original_exception
+        if context.is_disconnect or is_connection_error(exc):
+            raise connection_error(exc, self.settings.db_url)
 
     def session(self) -> Session:
         """A new ORM session (use as a context manager)."""
@@ -131,13 +163,13 @@ class Home:
 
     def ensure_model(self, key: str, dim: int) -> Model:
         """The stored model of this name, created if new."""
+        from indexer.dialects import insert_ignoring
+
         with self.session() as s, s.begin():
-            row = s.scalar(select(Model).where(Model.name == key))
-            if row is None:
-                row = Model(name=key, dim=dim, generation=0)
-                s.add(row)
-                s.flush()
-            elif row.dim != dim:
+            # Two indexing runs (PostgreSQL: on two machines) may meet a new model at once.
+            insert_ignoring(s, Model, [{"name": key, "dim": dim, "generation": 0}])
+            row = s.scalars(select(Model).where(Model.name == key)).one()
+            if row.dim != dim:
                 raise HomeError(f"model {key} is stored with dimension {row.dim}, not {dim}")
             return row
 
@@ -191,7 +223,7 @@ class Home:
             if ids is None:
                 # Filled block by block into one array: no second copy of every vector.
                 expected = self.count_vectors(model_id)
-                return _collect(conn.execute(stmt), dim, expected)
+                return collect_vectors(conn.execute(stmt), dim, expected)
             out_ids: list[int] = []
             chunks: list[bytes] = []
             for start in range(0, len(ids), 900):
@@ -228,6 +260,7 @@ class Home:
                 "FAISS index %s is %s; rebuilt it from %d stored embeddings", path.name, why, count
             )
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)  # a server's database: maybe new
             index.save(path, generation)
         except OSError as exc:  # a read-only home still answers queries
             log.warning("cannot save rebuilt index %s: %s", path, exc)
@@ -295,13 +328,10 @@ class Home:
     # -- libraries ----------------------------------------------------------------------------
     def add_libraries(self, paths: list[str]) -> None:
         """Record indexed folders (or files): the API serves files from these only."""
-        from sqlalchemy.dialects.sqlite import insert
+        from indexer.dialects import insert_ignoring
 
-        if not paths:
-            return
         with self.session() as s, s.begin():
-            rows = [{"path": p, "added_at": self.now()} for p in paths]
-            s.execute(insert(Library).values(rows).on_conflict_do_nothing())
+            insert_ignoring(s, Library, [{"path": p, "added_at": self.now()} for p in paths])
 
     def libraries(self) -> list[str]:
         """Every indexed folder or file."""
@@ -338,36 +368,3 @@ class Home:
     def now() -> datetime:
         """Timestamp for `indexed_at`."""
         return datetime.now().replace(microsecond=0)
-
-
-def _collect(rows: Iterable[Any], dim: int, expected: int) -> tuple[Ids, Embeddings]:
-    """(ids, vectors) from (id, float32 blob) rows, into arrays sized for `expected` rows."""
-    out_ids = np.empty(max(expected, 1), np.int64)
-    out = np.empty((max(expected, 1), dim), np.float32)
-    n = 0
-    block_ids: list[int] = []
-    block: list[bytes] = []
-
-    def flush() -> None:
-        nonlocal out_ids, out, n
-        m = len(block)
-        if n + m > len(out):  # rows were added since they were counted
-            size = max(n + m, len(out) * 3 // 2)
-            out_ids = np.resize(out_ids, size)
-            grown = np.empty((size, dim), np.float32)
-            grown[:n] = out[:n]
-            out = grown
-        out_ids[n : n + m] = block_ids
-        out[n : n + m] = np.frombuffer(b"".join(block), np.float32).reshape(m, dim)
-        n += m
-        block_ids.clear()
-        block.clear()
-
-    for row in rows:
-        block_ids.append(row[0])
-        block.append(row[1])
-        if len(block) >= 16384:
-            flush()
-    if block:
-        flush()
-    return out_ids[:n], out[:n]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from indexer.db import Image
 from indexer.home import Home
@@ -36,3 +36,14 @@ def ids_by_content_hash(home: Home, hashes: Iterable[str]) -> list[tuple[int, st
             stmt = select(Image.id, Image.content_hash).where(Image.content_hash.in_(part))
             out.extend((int(i), str(h)) for i, h in conn.execute(stmt))
     return out
+
+
+def database_bytes(home: Home) -> int:
+    """The database's size: its file's (SQLite), or the server's figure (PostgreSQL)."""
+    path = home.db_file
+    if path is not None:
+        return path.stat().st_size if path.exists() else 0
+    if home.dialect != "postgresql":
+        return 0
+    with home.engine.connect() as conn:
+        return int(conn.scalar(text("SELECT pg_database_size(current_database())")) or 0)

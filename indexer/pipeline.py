@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 CHECKPOINT_SECONDS = 120.0
 #: Photos in a run's first batch; later batches double up to the configured batch size.
 FIRST_BATCH = 8
+#: On a home that other machines may share, a leftover temporary file is removed only once
+#: this old (seconds): no save takes a day, and its process id may be another machine's.
+SHARED_TEMP_AGE = 86400.0
 
 
 class ProgressSink(Protocol):
@@ -218,19 +221,25 @@ class Indexer:
             # A new home is created only once the model is known to load: a missing
             # checkpoint fails with one clear error and leaves nothing behind.
             self.encoder.load()
+        roots = normalise_roots(paths)
         try:
-            with home_lock(self.home):
-                remove_stale_temp_files(self.home.path, *self.home.path.glob("thumbnails/*"))
-                return self._run(paths)
+            with home_lock(self.home, [r.path for r in roots]):
+                # A shared home (PostgreSQL): another machine's temporary files look orphaned.
+                shared = self.home.db_file is None
+                remove_stale_temp_files(
+                    self.home.path,
+                    *self.home.path.glob("thumbnails/*"),
+                    min_age=SHARED_TEMP_AGE if shared else 0.0,
+                )
+                return self._run(roots)
         except OSError as exc:  # a full disk, a file system turned read-only
             error = homeerrors.from_os_error(exc, self.home.path)
             if error is None:
                 raise
             raise error from None
 
-    def _run(self, paths: Sequence[str | os.PathLike[str]]) -> IndexReport:
+    def _run(self, roots: list[Root]) -> IndexReport:
         started = time.perf_counter()
-        roots = normalise_roots(paths)
         embedded = self._embedded = self._embedded_hashes()
         work = plan(self.home, roots, scan(roots, self.settings.include_hidden), embedded)
         report = IndexReport(
@@ -241,8 +250,14 @@ class Indexer:
         writer: Writer | None = None
         if work.jobs or work.missing:
             model = self.home.ensure_model(self.encoder.key, self.encoder.dim)
+            # The index holds generation `before` exactly only if no other writer (PostgreSQL:
+            # another machine's run) committed while it was loaded.
+            before = self.home.generation(model.id)
             index = self.home.load_index(self.encoder.key, model.id, model.dim)
-            writer = Writer(self.home, model, index, work.missing, report)
+            same = self.home.generation(model.id) == before
+            writer = Writer(
+                self.home, model, index, work.missing, report, generation=before if same else None
+            )
             self.home.add_libraries([r.path for r in roots if r.exists])
         try:
             if writer is not None and work.jobs:

@@ -10,6 +10,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from indexer.db import Caption, Embedding, Image, Model
+from indexer.dialects import insert_ignoring
 from indexer.home import Home
 from indexer.types import Embeddings, ImageMeta, IndexReport, Prepared
 from indexer.vectors import VectorIndex
@@ -48,8 +49,15 @@ class Writer:
         missing: dict[int, str],
         report: IndexReport,
         checkpoint_seconds: float = 120.0,
+        *,
+        generation: int | None,
     ) -> None:
         self.home = home
+        #: The database generation that `index` holds exactly, None when unknown (another
+        #: writer committed while it was loaded, or since: PostgreSQL's concurrent runs). The
+        #: index is saved stamped with it, and not saved at all while it is unknown: a stamp
+        #: must never claim vectors that the file lacks (a reader would trust it).
+        self.generation = generation
         self.model = model
         self.index = index
         self.report = report
@@ -123,7 +131,16 @@ class Writer:
                     continue
                 touched.append(self._upsert(s, p, meta, now))
                 vecs.append(vec)
-            self.home.bump_generation(s)
+            self._bump(s)
+
+    def _bump(self, s: Session) -> None:
+        """Bump the generation in the caller's transaction and follow it: the row stays locked
+        until commit, so `after - 1` is the state just before this write."""
+        self.home.bump_generation(s)
+        after = int(s.scalar(select(Model.generation).where(Model.id == self.model.id)) or 0)
+        if self.generation is not None and after - 1 != self.generation:
+            log.info("another indexing run wrote to the database: the saved index will lag")
+        self.generation = after if self.generation == after - 1 else None
 
     def _counts(self) -> tuple[tuple[int, ...], dict[int, str], dict[str, list[int]]]:
         r = self.report
@@ -173,15 +190,18 @@ class Writer:
                 )
             )
         )
-        for digest, vec in fresh.items():
-            if digest not in have:
-                s.add(
-                    Embedding(
-                        content_hash=digest,
-                        model_id=self.model.id,
-                        vector=np.asarray(vec, np.float32).tobytes(),
-                    )
-                )
+        # Ignoring conflicts: another run (PostgreSQL: on another machine) may store the same
+        # content at the same moment; sorted, so that two such runs take the keys' locks in
+        # one order and never deadlock.
+        rows = [
+            {
+                "content_hash": digest,
+                "model_id": self.model.id,
+                "vector": np.asarray(fresh[digest], np.float32).tobytes(),
+            }
+            for digest in sorted(set(fresh) - have)
+        ]
+        insert_ignoring(s, Embedding, rows)
         return set(fresh) - have
 
     def _known(self, s: Session, items: list[Prepared], dim: int) -> dict[str, np.ndarray]:
@@ -221,7 +241,7 @@ class Writer:
                 s.execute(delete(Embedding).where(Embedding.content_hash.not_in(used)))
                 s.execute(delete(Caption).where(Caption.content_hash.not_in(used)))
                 if ids:
-                    self.home.bump_generation(s)
+                    self._bump(s)
         if ids:
             self.index.remove(np.asarray(ids, np.int64))
             self.report.removed += len(ids)
@@ -245,6 +265,11 @@ class Writer:
         """Save the index, stamped with the generation the database is at now."""
         if not self._dirty:
             return
-        self.index.save(self.home.index_path(self.model.name), self.home.generation(self.model.id))
+        if self.generation is None:
+            # The next reader finds the file stale and rebuilds it from the database.
+            log.debug("FAISS index not saved: other writers changed the database meanwhile")
+            self._last_save = time.monotonic()
+            return
+        self.index.save(self.home.index_path(self.model.name), self.generation)
         self._dirty = False
         self._last_save = time.monotonic()

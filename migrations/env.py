@@ -5,17 +5,13 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from indexer.db import FTS_TABLES, Base
+from indexer.db import Base, modelled
 
 config = context.config
 target_metadata = Base.metadata
 
 
-def include_object(
-    obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
-) -> bool:
-    """Leave the FTS5 virtual table and its shadow tables out of autogenerate."""
-    return not (type_ == "table" and name and name.startswith(FTS_TABLES))
+include_object = modelled
 
 
 def run() -> None:

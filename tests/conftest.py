@@ -67,3 +67,39 @@ def photos(tmp_path: Path) -> Path:
     folder = tmp_path / "photos"
     make_photos(folder, 12)
     return folder
+
+
+@pytest.fixture(scope="session")
+def pg_server():  # type: ignore[no-untyped-def]
+    """A PostgreSQL server for the whole run (tests/pg.py); skipped where PostgreSQL is not
+    installed, failed instead when CI=true (CI installs it: .ci/run)."""
+    from tests.pg import PgServer, find_bin
+
+    bindir = find_bin()
+    if bindir is None:
+        message = "PostgreSQL is not installed (apt-get install postgresql)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    server = PgServer(bindir).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server, monkeypatch: pytest.MonkeyPatch) -> str:  # type: ignore[no-untyped-def]
+    """A fresh PostgreSQL database, set as PIXSEARCH_DATABASE_URL as a user would."""
+    url = pg_server.database()
+    monkeypatch.setenv("PIXSEARCH_DATABASE_URL", url)
+    return str(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest) -> str:
+    """Runs a test on each database pixsearch supports: "sqlite" (the default, a file in the
+    home) or a fresh PostgreSQL database's URL (set as PIXSEARCH_DATABASE_URL)."""
+    if request.param == "sqlite":
+        return "sqlite"
+    return str(request.getfixturevalue("pg_url"))

@@ -1,4 +1,7 @@
-"""Re-running the indexer: unchanged files are skipped, changes, moves and deletions followed."""
+"""Re-running the indexer: unchanged files are skipped, changes, moves and deletions followed.
+
+Tests taking the `database` fixture run on SQLite and on PostgreSQL (tests/conftest.py).
+"""
 
 from __future__ import annotations
 
@@ -55,7 +58,7 @@ def test_unchanged_files_are_not_read_again(env, photos: Path, capsys) -> None:
     assert (second["unchanged"], second["added"], second["failed"]) == (12, 0, [])
 
 
-def test_changed_file_is_re_embedded(env, photos: Path, capsys) -> None:
+def test_changed_file_is_re_embedded(env, database, photos: Path, capsys) -> None:
     _index(capsys, photos)
     before = _rows()
     target = photos / "img_0004.jpg"
@@ -70,7 +73,7 @@ def test_changed_file_is_re_embedded(env, photos: Path, capsys) -> None:
         assert s.scalar(select(func.count()).select_from(Embedding)) == 12
 
 
-def test_deleted_file_leaves_database_and_index(env, photos: Path, capsys) -> None:
+def test_deleted_file_leaves_database_and_index(env, database, photos: Path, capsys) -> None:
     _index(capsys, photos)
     gone = photos / "img_0007.jpg"
     gone_id = _rows()[str(gone)]
@@ -83,7 +86,7 @@ def test_deleted_file_leaves_database_and_index(env, photos: Path, capsys) -> No
     assert len(hits) == 11 and str(gone) not in {h["path"] for h in hits}
 
 
-def test_moved_file_keeps_its_id_and_embedding(env, photos: Path, capsys) -> None:
+def test_moved_file_keeps_its_id_and_embedding(env, database, photos: Path, capsys) -> None:
     _index(capsys, photos)
     old = photos / "img_0001.jpg"
     old_id = _rows()[str(old)]
@@ -97,7 +100,7 @@ def test_moved_file_keeps_its_id_and_embedding(env, photos: Path, capsys) -> Non
     assert old_id in _faiss_ids()
 
 
-def test_identical_files_are_embedded_once(env, photos: Path, capsys) -> None:
+def test_identical_files_are_embedded_once(env, database, photos: Path, capsys) -> None:
     for i in range(3):
         shutil.copy(photos / "img_0000.jpg", photos / f"copy_{i}.jpg")
     summary = _index(capsys, photos)

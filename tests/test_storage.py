@@ -30,8 +30,7 @@ def test_models_and_migrations_agree(tmp_path: Path) -> None:
     assert script.get_current_head() == db.SCHEMA_REVISION
 
 
-def include_object(obj: object, name: str | None, type_: str, *args: object) -> bool:
-    return not (type_ == "table" and name and name.startswith(db.FTS_TABLES))
+include_object = db.modelled
 
 
 def test_old_database_is_migrated_in_place_with_nothing_lost(tmp_path: Path) -> None:
@@ -144,7 +143,7 @@ def _model_name() -> str:
 
 @pytest.mark.parametrize("damage", ["delete", "truncate", "garbage", "stale"])
 def test_damaged_index_is_rebuilt_with_a_log_line(
-    env, photos: Path, capsys, caplog, damage: str
+    env, database, photos: Path, capsys, caplog, damage: str
 ) -> None:
     run_cli(capsys, "index", str(photos))
     expected = run_cli(capsys, "search", "a cat", "-k", "12", "--json").json()

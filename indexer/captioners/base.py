@@ -12,9 +12,9 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 from sqlalchemy import select
-from sqlalchemy.dialects.sqlite import insert
 
 from indexer.db import Caption
+from indexer.dialects import insert_ignoring, keyword_search
 from indexer.errors import ModelUnavailable
 from indexer.home import Home
 from indexer.types import Embeddings
@@ -206,27 +206,20 @@ class CaptionStore:
             for h, t in captions.items()
         ]
         with self.home.session() as s, s.begin():
-            s.execute(insert(Caption).values(rows).on_conflict_do_nothing())
+            insert_ignoring(s, Caption, rows)
 
     def keyword_hits(self, words: str, limit: int = 200) -> dict[str, float]:
-        """Contents whose stored caption matches the words (SQLite FTS5), with a 0-1 score."""
-        from sqlalchemy import text as sql
-
+        """Contents whose stored caption matches the words (a full-text index: FTS5 on
+        SQLite, tsvector on PostgreSQL), with a 0-1 score (1: the best match)."""
         terms = [w for w in "".join(c if c.isalnum() else " " for c in words).split() if len(w) > 2]
-        if not terms or self.home.engine.dialect.name != "sqlite":
+        if not terms:
             return {}
-        match = " OR ".join(f'"{t}"' for t in terms)
-        stmt = sql(
-            "SELECT c.content_hash, bm25(captions_fts) AS rank FROM captions_fts "
-            "JOIN captions c ON c.rowid = captions_fts.rowid "
-            "WHERE captions_fts MATCH :m AND c.captioner = :cap ORDER BY rank LIMIT :n"
-        )
         with self.home.engine.connect() as conn:
-            rows = conn.execute(stmt, {"m": match, "cap": self.key, "n": limit}).all()
+            rows = keyword_search(conn, self.key, terms, limit)
         if not rows:
             return {}
-        best = min(r[1] for r in rows)  # bm25: lower is better, negative
-        return {r[0]: float(r[1] / best) if best else 1.0 for r in rows}
+        best = max(r[1] for r in rows)
+        return {h: strength / best if best > 0 else 1.0 for h, strength in rows}
 
 
 def caption_missing(

@@ -42,14 +42,21 @@ def upgrade() -> None:
     op.create_table(
         "libraries",
         sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("path", sa.String(), nullable=False),
+        sa.Column(
+            "path",
+            sa.String().with_variant(sa.String(collation="C"), "postgresql"),
+            nullable=False,
+        ),
         sa.Column("added_at", sa.DateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("path"),
     )
-    if op.get_bind().dialect.name == "sqlite":
-        for statement in _FTS:
-            op.execute(statement)
+    if op.get_bind().dialect.name != "sqlite":
+        # PostgreSQL's keyword index over captions comes with 0004; no PostgreSQL database
+        # predates the libraries table, so there are none to fill in.
+        return
+    for statement in _FTS:
+        op.execute(statement)
     # Homes indexed before libraries were recorded: their images' folders are the libraries.
     op.execute(
         """INSERT OR IGNORE INTO libraries (path, added_at)

@@ -1,0 +1,215 @@
+"""PostgreSQL as the database: the same answers as SQLite, concurrent indexing runs over
+separate folders, the per-folder lock, a kill mid-run, and a database that cannot be used.
+
+A real server (tests/pg.py) started once for the run; each test gets a fresh database.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import func, select
+
+from indexer import db
+from indexer.db import Caption, Embedding, Image
+from indexer.home import Home
+from indexer.settings import Settings
+from tests.helpers import make_photos, run_cli, start_index
+
+
+def _count(home: Home, table: type) -> int:
+    with home.engine.connect() as conn:
+        return int(conn.scalar(select(func.count()).select_from(table)) or 0)
+
+
+def _ids(home: Home) -> list[int]:
+    with home.engine.connect() as conn:
+        return list(conn.scalars(select(Image.id)))
+
+
+def test_models_and_migrations_agree_on_postgresql(pg_url: str, tmp_path: Path) -> None:
+    home = Home(Settings(home=tmp_path / "home", database_url=pg_url))
+    with home.engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"include_object": db.modelled})
+        assert compare_metadata(ctx, db.Base.metadata) == []
+    # Nothing of the database lives in the home folder: not even the folder, yet.
+    assert not (tmp_path / "home").exists()
+
+
+def test_keyword_lookup_and_paths_agree_with_sqlite(pg_server, tmp_path: Path) -> None:
+    """Stored captions found by the same words on both databases; any file name stored and
+    given back as it was (PostgreSQL's text holds no NUL, SQLite's escape for bad bytes)."""
+    from indexer.captioners.base import CaptionStore
+
+    class Named:
+        name = "test-captioner"
+        clip_model = None
+
+    captions = {
+        "a" * 32: "a red bicycle against a wall",
+        "b" * 32: "two red apples on a table",
+        "c" * 32: "a dog on a bicycle",
+        "d" * 32: "Bicycles, bicycles everywhere",
+    }
+    odd = os.fsdecode(b"/photos/caf\xe9-\x01-\xff.jpg")  # not UTF-8, and a U+0001
+    found = {}
+    for kind, url in [("sqlite", None), ("postgresql", pg_server.database())]:
+        home = Home(Settings(home=tmp_path / kind, database_url=url))
+        store = CaptionStore(home, Named(), "clip")  # type: ignore[arg-type]
+        with home.session() as s, s.begin():
+            for digest, words in captions.items():
+                s.add(Caption(content_hash=digest, captioner=store.key, text=words,
+                              created_at=home.now()))  # fmt: skip
+        home.add_libraries([odd, "/photos"])
+        assert sorted(home.libraries()) == sorted([odd, "/photos"])
+        found[kind] = {
+            q: sorted(store.keyword_hits(q)) for q in ("bicycle", "red apples", "table dog", "cat")
+        }
+    assert found["sqlite"] == found["postgresql"]
+    assert found["sqlite"]["bicycle"] == ["a" * 32, "c" * 32]
+    assert found["sqlite"]["cat"] == []
+
+
+def test_search_answers_as_on_sqlite(env, pg_server, photos: Path, capsys, monkeypatch) -> None:
+    run_cli(capsys, "index", str(photos))
+    queries = [("search", "a red square", "-k", "5"), ("similar", str(photos / "img_0003.jpg"))]
+    on_sqlite = [run_cli(capsys, *q, "--json").json() for q in queries]
+    monkeypatch.setenv("PIXSEARCH_HOME", env["PIXSEARCH_HOME"] + "-pg")
+    monkeypatch.setenv("PIXSEARCH_DATABASE_URL", pg_server.database())
+    summary = run_cli(capsys, "index", str(photos), "--json").json()
+    assert summary["added"] == 12 and summary["failed"] == []
+    on_postgres = [run_cli(capsys, *q, "--json").json() for q in queries]
+    assert on_postgres == on_sqlite
+    status = run_cli(capsys, "status", "--json").json()
+    assert status["images"] == 12 and status["indexed_with_model"] == 12
+    assert status["database_bytes"] > 0
+
+
+def _wait_all(procs: list[subprocess.Popen[str]], timeout: float = 300) -> list[str]:
+    outs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=timeout)
+        assert proc.returncode == 0, err[-2000:]
+        outs.append(out)
+    return outs
+
+
+def test_two_indexing_runs_write_one_database_at_once(
+    env, pg_url: str, tmp_path: Path, capsys
+) -> None:
+    """Two processes (two machines, as far as the database can tell) over separate folders
+    both land completely; the index file left behind is rebuilt from the database if stale."""
+    import json
+
+    a = make_photos(tmp_path / "lib" / "a", 8, start=0)
+    b = make_photos(tmp_path / "lib" / "b", 8, start=100)
+    # Shared content across the two libraries: both runs may store its embedding at once.
+    (tmp_path / "lib" / "b" / "twin.jpg").write_bytes(a[0].read_bytes())
+    procs = [start_index(folder, env, batch=2) for folder in (a[0].parent, b[0].parent)]
+    summaries = [json.loads(out) for out in _wait_all(procs)]
+    assert [s["added"] for s in summaries] == [8, 9]
+    assert all(s["failed"] == [] for s in summaries)
+    home = Home(Settings())
+    assert _count(home, Image) == 17 and _count(home, Embedding) == 16
+    assert sorted(home.libraries()) == sorted(str(f.parent) for f in (a[0], b[0]))
+    hits = run_cli(capsys, "search", "x", "-k", "50", "--json").json()
+    # Every photo is found; the twin's copy collapses into it as a duplicate.
+    assert len(hits) == 16 and {h["id"] for h in hits} <= set(_ids(home))
+    again = run_cli(capsys, "index", str(tmp_path / "lib"), "--json").json()
+    assert (again["added"], again["unchanged"], again["removed"]) == (0, 17, 0)
+
+
+def test_the_same_folder_twice_is_refused_in_one_line(env, pg_url: str, photos: Path, capsys):
+    from indexer.housekeeping import home_lock
+
+    home = Home(Settings())
+    sub = photos / "sub"
+    make_photos(sub, 2, start=40)
+    with home_lock(home, [str(photos)]):  # what a running `pixsearch index PHOTOS` holds
+        for folder, named in [(photos, photos), (sub, photos), (photos.parent, photos.parent)]:
+            res = run_cli(capsys, "index", str(folder))
+            assert res.code == 1
+            lines = res.err.strip().splitlines()
+            assert len(lines) == 1 and "another indexing run is indexing" in lines[0], lines
+            assert str(named) in lines[0] and "wait for it to end" in lines[0]
+        assert _count(home, Image) == 0
+        # Another folder of the same database is free.
+        other = make_photos(photos.parent / "other", 3, start=60)[0].parent
+        assert run_cli(capsys, "index", str(other)).code == 0
+    assert run_cli(capsys, "index", str(photos)).code == 0
+    assert _count(home, Image) == 17
+
+
+def test_a_run_killed_midway_loses_nothing(env, pg_url: str, tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "photos"
+    make_photos(folder, 24, size=(320, 240))
+    home = Home(Settings())
+    proc = start_index(folder, env, batch=2, quiet=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if _count(home, Image) >= 6:
+                break
+        except Exception:  # the schema is not there yet
+            pass
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    committed = _count(home, Image)
+    summary = run_cli(capsys, "index", str(folder), "--json").json()
+    assert summary["failed"] == []
+    assert (summary["added"], summary["unchanged"]) == (24 - committed, committed)
+    assert 0 < committed < 24
+    assert _count(home, Image) == 24 and _count(home, Embedding) == 24
+    assert len(run_cli(capsys, "search", "x", "-k", "60", "--json").json()) == 24
+
+
+@pytest.mark.parametrize(
+    ("make_url", "reason"),
+    [
+        (
+            lambda s: f"postgresql+psycopg://postgres:pw@127.0.0.1:{s.port}/nosuchdb",
+            "does not exist",
+        ),
+        (lambda s: "postgresql+psycopg://postgres:pw@127.0.0.1:1/pixsearch", "refused"),
+        (lambda s: "postgresql+psycopg://postgres:pw@nosuchhost.invalid/pixsearch", "nosuchhost"),
+        (lambda s: "postgres-ish://nothing", "not a database URL"),
+    ],
+    ids=["missing-database", "nothing-listening", "unknown-host", "not-a-url"],
+)
+def test_a_database_that_cannot_be_used_is_one_line(
+    env, pg_server, photos: Path, capsys, monkeypatch, make_url, reason: str
+) -> None:
+    monkeypatch.setenv("PIXSEARCH_DATABASE_URL", make_url(pg_server))
+    for args in [("index", str(photos)), ("search", "x"), ("status",)]:
+        res = run_cli(capsys, *args)
+        assert res.code != 0, args
+        lines = res.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("pixsearch: error: "), (args, lines)
+        assert reason in lines[0], lines
+        assert ":pw@" not in lines[0]  # never the password
+    assert not Path(env["PIXSEARCH_HOME"]).exists()  # nothing written
+
+
+def test_serve_reads_a_postgresql_home(env, pg_url: str, photos: Path, capsys) -> None:
+    from fastapi.testclient import TestClient
+
+    from api.server import create_app
+
+    run_cli(capsys, "index", str(photos))
+    with TestClient(create_app()) as client:
+        res = client.post("/search", json={"text": "a blue square", "k": 3, "cutoff": False})
+        assert res.status_code == 200, res.text
+        assert len(res.json()["results"]) == 3
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-q"]))
