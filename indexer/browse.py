@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
-from typing import Literal
+from datetime import datetime, timedelta
+from typing import Any, Literal
 
-from sqlalchemy import func, select
+from sqlalchemy import DateTime, String, func, select
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 from indexer.db import Image
 from indexer.filters import Filters, conditions
@@ -26,11 +30,70 @@ log = logging.getLogger(__name__)
 DateSort = Literal["date", "-date"]
 DatedBy = Literal["camera", "file"]
 
-#: The SQL twin of `photo_date`: text 'YYYY-MM-DD HH:MM:SS[.ffffff]' (how SQLAlchemy stores
-#: a DateTime in SQLite), so that the two kinds of date order and group together.
-_FILE_TIME = func.datetime(Image.mtime_ns / 1_000_000_000, "unixepoch", "localtime")
-WHEN = func.coalesce(Image.taken_at, _FILE_TIME)
-_MONTH = func.substr(WHEN, 1, 7)
+_COLS = Image.__table__.c
+
+
+class _When(FunctionElement[datetime]):
+    """The SQL twin of `photo_date`: the capture time, or the file's local time."""
+
+    type = DateTime()
+    inherit_cache = True
+    name = "photo_date"
+
+
+class _Month(FunctionElement[str]):
+    """The month of `_When` as text: '2024-05'."""
+
+    type = String()
+    inherit_cache = True
+    name = "photo_month"
+
+
+@compiles(_When)
+def _when_sqlite(element: _When, compiler: SQLCompiler, **kw: Any) -> str:
+    # Text 'YYYY-MM-DD HH:MM:SS[.ffffff]', as SQLAlchemy stores a DateTime in SQLite, so that
+    # the two kinds of date order together; 'localtime' reads the process's time zone.
+    taken, mtime = (compiler.process(c, **kw) for c in (_COLS.taken_at, _COLS.mtime_ns))
+    return f"coalesce({taken}, datetime({mtime} / 1000000000, 'unixepoch', 'localtime'))"
+
+
+@compiles(_When, "postgresql")
+def _when_postgresql(element: _When, compiler: SQLCompiler, **kw: Any) -> str:
+    taken, mtime = (compiler.process(c, **kw) for c in (_COLS.taken_at, _COLS.mtime_ns))
+    local = f"to_timestamp({mtime} / 1000000000.0) AT TIME ZONE {_local_zone()}"
+    return f"coalesce({taken}, {local})"
+
+
+@compiles(_Month)
+def _month_sqlite(element: _Month, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"substr({compiler.process(_When(), **kw)}, 1, 7)"
+
+
+@compiles(_Month, "postgresql")
+def _month_postgresql(element: _Month, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"to_char({compiler.process(_When(), **kw)}, 'YYYY-MM')"
+
+
+def _local_zone() -> str:
+    """This process's time zone as PostgreSQL reads it (the server's may differ): its IANA
+    name where known, else today's offset from UTC (then a month boundary can be an hour off
+    for undated photos in the other half of the year)."""
+    name = os.environ.get("TZ", "").lstrip(":")
+    if not name:
+        try:
+            link = os.readlink("/etc/localtime")
+        except OSError:
+            link = ""
+        name = link.partition("zoneinfo/")[2]
+    if re.fullmatch(r"[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*", name or ""):
+        return f"'{name}'"
+    offset = datetime.now().astimezone().utcoffset() or timedelta(0)
+    minutes = int(offset.total_seconds() // 60)
+    return f"INTERVAL '{minutes} minutes'"
+
+
+WHEN = _When()
+_MONTH = _Month()
 
 
 def file_time(mtime_ns: int) -> datetime | None:
@@ -169,6 +232,7 @@ def month_counts(home: Home, filters: Filters = Filters()) -> list[MonthCount]:
     """Photos per month that the filters allow, newest month first."""
     stmt = (
         select(_MONTH, func.count())
+        .select_from(Image)
         .where(*conditions(filters))
         .group_by(_MONTH)
         .order_by(_MONTH.desc())

@@ -53,8 +53,9 @@ def make_dated_photos(folder: Path) -> None:
         os.utime(folder / name, (t, t))
 
 
-@pytest.fixture(scope="module")
-def client(tmp_path_factory, tiny_model) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def client(request, tmp_path_factory, tiny_model) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
+    """The photos indexed in a home on each database, served by the app."""
     from api.cli import main
 
     base = tmp_path_factory.mktemp("browse")
@@ -69,6 +70,10 @@ def client(tmp_path_factory, tiny_model) -> Iterator[TestClient]:  # type: ignor
             "PIXSEARCH_DEDUPE_THRESHOLD": "0.9995",  # random tiny model: see conftest
         }.items():
             mp.setenv(key, value)
+        if request.param == "postgresql":
+            mp.setenv(
+                "PIXSEARCH_DATABASE_URL", str(request.getfixturevalue("pg_server").database())
+            )
         try:
             main(["index", str(base / "photos")])
         except SystemExit as exc:
