@@ -3,25 +3,25 @@
 A photo's date is its EXIF capture time; one without (a scan, a screenshot, an export) is
 dated by its file's modification time, as `indexer.filters` dates it for the date filters, so
 browsing, sorting and filtering agree on where every photo belongs. Both are naive local
-times: SQLite's 'localtime' and Python's `fromtimestamp` read the same time zone.
+times. The date is stored with each row (`Image.shown_at`, indexed), so that a page of the
+collection by date is an index walk, not a sort of every row.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import DateTime, String, func, select
+from sqlalchemy import String, func, select
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
-from indexer.db import Image
+from indexer.db import Image, shown_date
 from indexer.filters import Filters, conditions
 from indexer.home import Home
 
@@ -30,85 +30,39 @@ log = logging.getLogger(__name__)
 DateSort = Literal["date", "-date"]
 DatedBy = Literal["camera", "file"]
 
-_COLS = Image.__table__.c
-
-
-class _When(FunctionElement[datetime]):
-    """The SQL twin of `photo_date`: the capture time, or the file's local time."""
-
-    type = DateTime()
-    inherit_cache = True
-    name = "photo_date"
-
 
 class _Month(FunctionElement[str]):
-    """The month of `_When` as text: '2024-05'."""
+    """The month of a photo's date as text: '2024-05'."""
 
     type = String()
     inherit_cache = True
     name = "photo_month"
 
 
-@compiles(_When)
-def _when_sqlite(element: _When, compiler: SQLCompiler, **kw: Any) -> str:
-    # Text 'YYYY-MM-DD HH:MM:SS[.ffffff]', as SQLAlchemy stores a DateTime in SQLite, so that
-    # the two kinds of date order together; 'localtime' reads the process's time zone.
-    taken, mtime = (compiler.process(c, **kw) for c in (_COLS.taken_at, _COLS.mtime_ns))
-    return f"coalesce({taken}, datetime({mtime} / 1000000000, 'unixepoch', 'localtime'))"
-
-
-@compiles(_When, "postgresql")
-def _when_postgresql(element: _When, compiler: SQLCompiler, **kw: Any) -> str:
-    taken, mtime = (compiler.process(c, **kw) for c in (_COLS.taken_at, _COLS.mtime_ns))
-    local = f"to_timestamp({mtime} / 1000000000.0) AT TIME ZONE {_local_zone()}"
-    return f"coalesce({taken}, {local})"
-
-
 @compiles(_Month)
 def _month_sqlite(element: _Month, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"substr({compiler.process(_When(), **kw)}, 1, 7)"
+    # SQLAlchemy stores a DateTime in SQLite as text 'YYYY-MM-DD HH:MM:SS.ffffff'.
+    return f"substr({compiler.process(Image.__table__.c.shown_at, **kw)}, 1, 7)"
 
 
 @compiles(_Month, "postgresql")
 def _month_postgresql(element: _Month, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"to_char({compiler.process(_When(), **kw)}, 'YYYY-MM')"
+    return f"to_char({compiler.process(Image.__table__.c.shown_at, **kw)}, 'YYYY-MM')"
 
 
-def _local_zone() -> str:
-    """This process's time zone as PostgreSQL reads it (the server's may differ): its IANA
-    name where known, else today's offset from UTC (then a month boundary can be an hour off
-    for undated photos in the other half of the year)."""
-    name = os.environ.get("TZ", "").lstrip(":")
-    if not name:
-        try:
-            link = os.readlink("/etc/localtime")
-        except OSError:
-            link = ""
-        name = link.partition("zoneinfo/")[2]
-    if re.fullmatch(r"[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*", name or ""):
-        return f"'{name}'"
-    offset = datetime.now().astimezone().utcoffset() or timedelta(0)
-    minutes = int(offset.total_seconds() // 60)
-    return f"INTERVAL '{minutes} minutes'"
-
-
-WHEN = _When()
+#: The photo's date (capture time, else the file's local time), stored and indexed.
+WHEN = Image.shown_at
 _MONTH = _Month()
 
 
 def file_time(mtime_ns: int) -> datetime | None:
     """A file's modification time as a naive local datetime (None where the OS cannot)."""
-    try:
-        return datetime.fromtimestamp(mtime_ns / 1_000_000_000)
-    except (OverflowError, OSError, ValueError):
-        return None
+    return shown_date(None, mtime_ns)
 
 
 def photo_date(taken_at: datetime | None, mtime_ns: int) -> tuple[datetime | None, DatedBy]:
     """(the date a photo is shown and sorted under, and where that date comes from)."""
-    if taken_at is not None:
-        return taken_at, "camera"
-    return file_time(mtime_ns), "file"
+    return shown_date(taken_at, mtime_ns), "camera" if taken_at is not None else "file"
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.server import create_app
-from tests.helpers import picture, post_search
+from tests.helpers import picture, post_search, run_cli
 
 #: (file, capture time or None, make, model, GPS, format, size)
 PHOTOS = [
@@ -170,3 +170,26 @@ def test_search_sorted_by_date(client: TestClient) -> None:
 def test_bad_browse_requests_are_422(client: TestClient) -> None:
     for params in ({"sort": "size"}, {"k": 0}, {"path_prefix": "relative/x"}, {"offset": -1}):
         assert client.get("/images", params=params).status_code == 422, params
+
+
+def test_upgrading_a_home_dates_the_photos_indexed_before(env, photos: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from alembic import command
+    from sqlalchemy import select, text
+
+    from indexer.db import Image, alembic_config, shown_date
+    from indexer.home import Home
+    from indexer.settings import Settings
+
+    assert run_cli(capsys, "index", str(photos)).code == 0
+    home = Home(Settings())
+    url = home.engine.url.render_as_string(hide_password=False)
+    cfg = alembic_config(url)
+    with home.engine.begin() as conn:
+        cfg.attributes["connection"] = conn  # type: ignore[attr-defined]
+        command.downgrade(cfg, "0004")  # type: ignore[arg-type]
+    home.engine.dispose()
+    with Home(Settings()).engine.connect() as conn:  # opening upgrades it again
+        rows = conn.execute(select(Image.taken_at, Image.mtime_ns, Image.shown_at)).all()
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0006"
+    assert len(rows) == 12
+    assert all(shown == shown_date(t, m) and shown is not None for t, m, shown in rows)
