@@ -312,13 +312,14 @@ def test_phone_layout_shows_nine_photos_after_a_search(browser, demo, artifacts:
     pg.press("#q", "Enter")
     expect(pg.locator("#status")).to_contain_text("photos")
     pg.wait_for_function("() => !document.querySelector('#results.stale, .skeleton')")
-    visible = pg.evaluate(
-        """() => [...document.querySelectorAll('.hit a.thumb')].filter(a => {
-               const r = a.getBoundingClientRect();
-               return r.width > 50 && r.top >= 0 && r.bottom <= innerHeight;
+    # Nine photos (three rows) or more on the screen, their pictures loaded.
+    shown = """() => [...document.querySelectorAll('.hit a.thumb')].filter(a => {
+               const r = a.getBoundingClientRect(), img = a.querySelector('img');
+               return r.width > 50 && r.top >= 0 && r.bottom <= innerHeight
+                      && img.complete && img.naturalWidth > 0;
            }).length"""
-    )
-    assert visible >= 9, visible
+    pg.wait_for_function(f"() => ({shown})() >= 9")
+    pg.wait_for_timeout(300)  # the pictures' fade-in, for the screenshot
     pg.screenshot(path=str(artifacts / "phone-search.png"))
     pg.click("#filters-btn")
     expect(pg.locator("#camera")).to_be_visible()
