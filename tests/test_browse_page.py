@@ -282,6 +282,18 @@ def test_camera_filter_and_undated_notice(browser, demo, artifacts: Path) -> Non
     expect(note).to_contain_text(f"{outside} were left out")
     allowed = sum(_when(p) >= datetime(2022, 1, 1) for p in plan)
     expect(pg.locator("#status")).to_have_text(f"{allowed} photos · newest first")
+
+    # Search results sorted newest first come under month headers too.
+    pg.fill("#taken-after", "")
+    pg.fill("#q", _search_with_many_hits(pg, demo["url"]))
+    pg.press("#q", "Enter")
+    expect(pg.locator("#sort-tool")).to_be_visible()
+    expect(pg.locator(".month-header")).to_have_count(0)  # best match first: no months
+    pg.select_option("#sort", "-date")
+    expect(pg.locator(".month-header").first).to_be_visible()
+    months = pg.locator(".month-header").evaluate_all("hs => hs.map(h => h.dataset.month)")
+    assert len(months) >= 2 and months == sorted(set(months), reverse=True), months
+    pg.screenshot(path=str(artifacts / "search-by-date.png"))
     _close(pg)
 
 
@@ -321,9 +333,12 @@ def test_phone_layout_shows_nine_photos_after_a_search(browser, demo, artifacts:
     pg.wait_for_function(f"() => ({shown})() >= 9")
     pg.wait_for_timeout(300)  # the pictures' fade-in, for the screenshot
     pg.screenshot(path=str(artifacts / "phone-search.png"))
+    expect(pg.locator(".hit .score").first).to_be_hidden()  # scores only when asked for
     pg.click("#filters-btn")
     expect(pg.locator("#camera")).to_be_visible()
     pg.screenshot(path=str(artifacts / "phone-filters.png"))
+    pg.locator("#scores-toggle").check()
+    expect(pg.locator(".hit .score").first).to_be_visible()
     _close(pg)
 
 
