@@ -170,6 +170,12 @@ def test_the_collection_newest_first_by_month(browser, demo, artifacts: Path) ->
     expect(pg.locator(".month-header").first).to_have_attribute(
         "data-month", first.strftime("%Y-%m")
     )
+    # Oldest first: the same collection the other way round.
+    pg.select_option("#sort", "date")
+    oldest = _when(newest[-1]).strftime("%Y-%m")
+    expect(pg.locator(".month-header").first).to_have_attribute("data-month", oldest)
+    expect(pg.locator("#status")).to_contain_text("oldest first")
+    assert _card_names(pg)[0] == Path(newest[-1].path).name
     _close(pg)
 
 

@@ -271,7 +271,7 @@
   const activeFilterCount = () => filterInputs().filter((i) => i.value.trim()).length;
   const hasFilters = () => activeFilterCount() > 0;
   const isBrowse = (q) => Boolean(q && q.kind === "browse");
-  const searchSort = () => (els.sort.value && els.sort.value !== "relevance" ? els.sort.value : null);
+  const searchSort = () => (state.sort !== "relevance" ? state.sort : null);
 
   function fetchPage(query, offset, signal) {
     const captions = els.captions.checked;
@@ -402,7 +402,12 @@
     els.filtersCount.textContent = n ? String(n) : "";
     const grouped = isBrowse(state.query) || Boolean(searchSort());
     document.body.classList.toggle("grouped", grouped);
-    els.sortTool.hidden = !state.query || isBrowse(state.query);
+    // One menu: best match / newest / oldest for a search; newest / oldest for the collection.
+    const browsing = isBrowse(state.query);
+    els.sortTool.hidden = !state.query;
+    els.sort.options[0].hidden = browsing;
+    els.sort.options[0].disabled = browsing;
+    els.sort.value = browsing ? state.browseSort : state.sort;
     els.jumpTool.hidden = !isBrowse(state.query) || state.months.length < 2;
   }
 
@@ -483,10 +488,10 @@
       q.kind === "browse"
         ? `b:${state.browseSort}`
         : q.kind === "text"
-          ? `t:${q.text}|${q.negative.join(",")}|${els.sort.value}`
+          ? `t:${q.text}|${q.negative.join(",")}|${state.sort}`
           : q.kind === "similar"
-            ? `s:${q.id}|${els.sort.value}`
-            : `u:${q.preview}|${els.sort.value}`;
+            ? `s:${q.id}|${state.sort}`
+            : `u:${q.preview}|${state.sort}`;
     const f = Object.values(currentFilters()).join("|");
     return `${base}|${q.closest ? "closest" : ""}|${f}|${els.captions.checked}`;
   }
@@ -555,7 +560,7 @@
   function clearQuery({ history: historyMode = "replace" } = {}) {
     releasePreview();
     resetPlaceholder();
-    els.sort.value = "relevance";
+    state.sort = "relevance";
     runQuery({ kind: "browse" }, { history: historyMode, force: false });
     document.title = "pixsearch";
   }
@@ -639,6 +644,7 @@
     const n = state.hits.length;
     if (isBrowse(state.query)) {
       els.newer.hidden = state.startOffset === 0;
+      els.newer.textContent = state.browseSort === "-date" ? "↑ Newer photos" : "↑ Older photos";
       const total = state.total || 0;
       if (total === 0) {
         showEmpty(hasFilters() ? "nomatch" : "intro");
@@ -1257,8 +1263,14 @@
   });
 
   els.sort.addEventListener("change", () => {
-    updateFilterChrome();
-    if (state.query && !isBrowse(state.query)) runQuery(state.query, { force: false });
+    if (!state.query) return;
+    if (isBrowse(state.query)) {
+      state.browseSort = els.sort.value === "date" ? "date" : "-date";
+      runQuery(state.query, { force: false });
+    } else {
+      state.sort = els.sort.value;
+      runQuery(state.query, { force: false });
+    }
   });
   els.jump.addEventListener("change", () => {
     const month = els.jump.value;
@@ -1400,7 +1412,8 @@
     if (els.camera.value) p.set("camera", els.camera.value);
     if (els.format.value) p.set("format", els.format.value);
     if (els.minSize.value) p.set("size", els.minSize.value);
-    if (q && !isBrowse(q) && searchSort()) p.set("sort", els.sort.value);
+    if (q && !isBrowse(q) && searchSort()) p.set("sort", state.sort);
+    if (isBrowse(q) && state.browseSort === "date") p.set("sort", "date");
     const search = p.toString();
     const url = search ? `?${search}` : location.pathname;
     if ((search ? `?${search}` : "") === location.search) return;
@@ -1421,7 +1434,9 @@
     ensureOption(els.camera, p.get("camera"), p.get("camera"));
     ensureOption(els.format, p.get("format"), p.get("format"));
     ensureOption(els.minSize, p.get("size"), `≥ ${p.get("size")} px`);
-    els.sort.value = ["-date", "date"].includes(p.get("sort")) ? p.get("sort") : "relevance";
+    const sort = ["-date", "date"].includes(p.get("sort")) ? p.get("sort") : "relevance";
+    state.sort = p.get("q") || p.get("similar") ? sort : "relevance";
+    state.browseSort = sort === "date" && !(p.get("q") || p.get("similar")) ? "date" : "-date";
     updateFilterChrome();
     const similar = p.get("similar");
     const q = p.get("q");
