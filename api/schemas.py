@@ -67,7 +67,7 @@ class SearchOptions(BaseModel):
     cutoff: bool = Field(True, description="Drop the irrelevant tail automatically.")
     sort: SortOrder = Field(
         "relevance",
-        description="relevance: best first; -date / date: the matches (the best 1000 at "
+        description="relevance: best first; -date / date: the matches (the best 400 at "
         "most) newest / oldest first.",
     )
 

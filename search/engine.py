@@ -33,8 +33,9 @@ POOL_EXTRA = 40
 #: A filter allowing at most this share of the collection searches only its ids (an id
 #: selector); a broader one over-fetches from the whole index and drops what it excludes.
 SELECTIVE = 0.2
-#: Matches sorted by date: at most this many of the best (the cut-off ends most lists sooner).
-DATE_SORT_POOL = 1000
+#: Matches sorted by date: at most this many of the best (the cut-off ends most lists sooner;
+#: the rerank scores 4x as many candidates, and its duplicate collapse grows with the square).
+DATE_SORT_POOL = 400
 #: Images scored per query to learn its background level (see `rerank.background_level`).
 BACKGROUND_SAMPLE = 2000
 #: Seconds a background sample is kept while the collection does not change.
