@@ -32,7 +32,7 @@ from indexer.errors import ImageTooLarge, InvalidInput, NotFound, UnreadableImag
 from indexer.imageio import open_regular
 from indexer.thumbnails import thumbnail
 from search.query import Query as SearchQuery
-from search.query import SearchResult
+from search.query import SearchResult, SortOrder
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -120,6 +120,7 @@ async def search_image(
     rerank: Annotated[str | None, Form()] = None,
     min_score: Annotated[float | None, Form(ge=-1, le=1)] = None,
     cutoff: Annotated[bool | None, Form()] = None,
+    sort: Annotated[SortOrder | None, Form()] = None,
     taken_after: Annotated[date | None, Form()] = None,
     taken_before: Annotated[date | None, Form()] = None,
     path_prefix: Annotated[str | None, Form(max_length=4096)] = None,
@@ -143,6 +144,7 @@ async def search_image(
             "rerank": rerank,
             "min_score": min_score,
             "cutoff": cutoff,
+            "sort": sort,
             "taken_after": taken_after,
             "taken_before": taken_before,
             "path_prefix": path_prefix,
@@ -251,11 +253,14 @@ def image_similar(
     offset: Annotated[int, Query(ge=0, le=10_000)] = 0,
     captions: bool = False,
     cutoff: bool = True,
+    sort: SortOrder = "relevance",
 ) -> SearchResponse:
     """More like this: the image itself comes first, near-duplicates collapse into it."""
     service = _service(request)
     _row(service, image_id)
-    query = SearchQuery(image_id=image_id, k=k, offset=offset, captions=captions, cutoff=cutoff)
+    query = SearchQuery(
+        image_id=image_id, k=k, offset=offset, captions=captions, cutoff=cutoff, sort=sort
+    )
     return _respond(service, query)
 
 

@@ -5,12 +5,24 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 from api.display import printable
-from search.query import Filters, Hit, Query, RerankMode
+from search.query import Filters, Hit, Query, RerankMode, SortOrder
 
 RerankIn = bool | Literal["none", "standard", "mmr", "generative"]
+#: A photo's local time as the camera or the file system records it: no time zone (EXIF has
+#: none), so not an RFC 3339 date-time.
+LocalTime = Annotated[
+    datetime,
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?$",
+            "description": "Local date and time without a time zone: 2024-05-01T14:03:00",
+        }
+    ),
+]
 Weight = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
 
 
@@ -53,6 +65,11 @@ class SearchOptions(BaseModel):
     captions: bool = Field(False, description="Caption the hits (generated once, then stored).")
     min_score: float | None = Field(None, ge=-1.0, le=1.0, description="Drop hits below this.")
     cutoff: bool = Field(True, description="Drop the irrelevant tail automatically.")
+    sort: SortOrder = Field(
+        "relevance",
+        description="relevance: best first; -date / date: the matches (the best 400 at "
+        "most) newest / oldest first.",
+    )
 
     def rerank_mode(self) -> RerankMode:
         if self.rerank is True:
@@ -72,6 +89,7 @@ class SearchOptions(BaseModel):
             min_score=self.min_score,
             cutoff=self.cutoff,
             captions=self.captions,
+            sort=self.sort,
             **what,
         )
 
@@ -122,12 +140,16 @@ class HitOut(BaseModel):
     width: int
     height: int
     taken_at: datetime | None
+    date: LocalTime | None = Field(None, description="Capture time, or the file's without one.")
+    dated_by: Literal["camera", "file"] = Field("camera", description="Where `date` is from.")
     caption: str | None
     thumbnail_url: str
 
     @classmethod
     def of(cls, hit: Hit) -> HitOut:
         return cls(
+            date=hit.taken_at or hit.file_time,
+            dated_by="camera" if hit.taken_at else "file",
             id=hit.id,
             path=printable(hit.path),
             score=round(hit.score, 6),

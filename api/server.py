@@ -197,9 +197,11 @@ def create_app(
             with_google_fonts=False,
         )
 
+    from api.browse_routes import router as browse_router
     from api.routes import router
 
     app.include_router(router)
+    app.include_router(browse_router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.mount(DOCS_ASSETS_URL, StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
     # Added last, so outermost: it also logs what the guards refuse.

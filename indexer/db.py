@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 MIGRATION_LOCK = 0x70697873_00000001
 
 #: The Alembic revision this code expects; a test checks it is the head of migrations/.
-SCHEMA_REVISION = "0004"
+SCHEMA_REVISION = "0006"
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -113,10 +113,32 @@ class Image(Base):
     gps_lat: Mapped[float | None] = mapped_column(Float)
     gps_lon: Mapped[float | None] = mapped_column(Float)
     indexed_at: Mapped[datetime]
+    #: The date the photo is shown, sorted and grouped under: `taken_at`, or without one the
+    #: file's modification time as a local time (set on every write: `_set_shown_at`).
+    shown_at: Mapped[datetime | None] = mapped_column(index=True)
 
     # AUTOINCREMENT: an id is never reused, so a stale FAISS hit or a client's old link
     # can never point at a different photo.
     __table_args__ = {"sqlite_autoincrement": True}
+
+
+def shown_date(taken_at: datetime | None, mtime_ns: int | None) -> datetime | None:
+    """A photo's date: its capture time, else its file's modification time in local time
+    (as the date filters date it), None when neither is known."""
+    if taken_at is not None:
+        return taken_at
+    if mtime_ns is None:
+        return None
+    try:
+        return datetime.fromtimestamp(mtime_ns / 1_000_000_000)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+@event.listens_for(Image, "before_insert")
+@event.listens_for(Image, "before_update")
+def _set_shown_at(_mapper: object, _conn: object, row: Image) -> None:
+    row.shown_at = shown_date(row.taken_at, row.mtime_ns)
 
 
 class Model(Base):

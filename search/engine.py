@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from indexer.browse import file_time, order_by_date
 from indexer.db import Model
 from indexer.encoder import ClipEncoder
 from indexer.errors import IndexDamaged, InvalidInput
@@ -32,6 +33,9 @@ POOL_EXTRA = 40
 #: A filter allowing at most this share of the collection searches only its ids (an id
 #: selector); a broader one over-fetches from the whole index and drops what it excludes.
 SELECTIVE = 0.2
+#: Matches sorted by date: at most this many of the best (the cut-off ends most lists sooner;
+#: the rerank scores 4x as many candidates, and its duplicate collapse grows with the square).
+DATE_SORT_POOL = 400
 #: Images scored per query to learn its background level (see `rerank.background_level`).
 BACKGROUND_SAMPLE = 2000
 #: Seconds a background sample is kept while the collection does not change.
@@ -209,12 +213,26 @@ class Searcher(QueryVectors):
             notices.extend(undated_notice(self.home))
         vec = self.query_vector(q, state.model)
         cutoff = self._cutoff(q, vec, state.background, textual=has_text)
-        ranking = self._ranked(q, vec, state, q.offset + q.k, cutoff)
-        window = range(q.offset, min(q.offset + q.k, len(ranking.ids)))
+        # Sorted by date, the pages share one pool, so that paging is stable.
+        need = q.offset + q.k if q.sort == "relevance" else DATE_SORT_POOL
+        ranking = self._ranked(q, vec, state, need, cutoff)
+        order: list[int] = list(range(len(ranking.ids)))
+        if q.sort != "relevance":
+            order = order_by_date(self.home, ranking.ids, newest_first=q.sort == "-date")
+        window = order[q.offset : min(q.offset + q.k, need)]
         rows = self.home.images_by_id([ranking.ids[j] for j in window])
         keep = [j for j in window if ranking.ids[j] in rows]
         hits = [
-            Hit(i, r.path, ranking.scores[j], r.width, r.height, r.taken_at, r.content_hash)
+            Hit(
+                i,
+                r.path,
+                ranking.scores[j],
+                r.width,
+                r.height,
+                r.taken_at,
+                r.content_hash,
+                file_time=file_time(r.mtime_ns),
+            )
             for j in keep
             for i, r in [(ranking.ids[j], rows[ranking.ids[j]])]
         ]

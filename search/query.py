@@ -17,6 +17,8 @@ __all__ = ["RERANK_MODES", "Filters", "Hit", "Query", "RerankMode", "SearchResul
 #: maximal marginal relevance; generative: standard plus the captioner's likelihood of the text.
 RerankMode = Literal["none", "standard", "mmr", "generative"]
 RERANK_MODES: tuple[RerankMode, ...] = ("none", "standard", "mmr", "generative")
+#: relevance: best first; -date: the matches newest first; date: oldest first.
+SortOrder = Literal["relevance", "-date", "date"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +38,7 @@ class Query:
     min_score: float | None = None
     cutoff: bool = True
     captions: bool = False
+    sort: SortOrder = "relevance"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,8 @@ class Hit:
     taken_at: datetime | None
     content_hash: str = ""
     caption: str | None = None
+    #: The file's modification time: the photo's date when it has no capture date.
+    file_time: datetime | None = None
 
     def to_dict(self) -> dict[str, object]:
         """The JSON shape of a hit (the CLI's; the API adds thumbnail_url); `caption` only

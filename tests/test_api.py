@@ -46,6 +46,8 @@ def test_text_search_shape_thumbnail_and_original(client: TestClient, photos: Pa
         "width",
         "height",
         "taken_at",
+        "date",
+        "dated_by",
         "caption",
         "thumbnail_url",
     }

@@ -42,6 +42,9 @@ OPERATIONS = {
     "GET /images/{image_id}",
     "GET /images/{image_id}/thumbnail",
     "GET /images/{image_id}/similar",
+    "GET /images",
+    "GET /images/{image_id}/info",
+    "GET /facets",
     "GET /ready",
     "GET /health",
 }

@@ -22,6 +22,9 @@ def test_api_key_guards_everything_but_health(env, photos: Path, monkeypatch, ca
             ("get", "/ready"),
             ("get", "/images/1"),
             ("get", "/images/1/thumbnail"),
+            ("get", "/images"),
+            ("get", "/images/1/info"),
+            ("get", "/facets"),
             ("get", "/openapi.json"),
             ("post", "/search"),
         ):

@@ -3,12 +3,15 @@
 
 (() => {
   const PAGE_SIZE = 40;            // results per request (backend max is 200)
+  const BROWSE_PAGE_SIZE = 90;     // photos per request when browsing by date
   const TYPE_DEBOUNCE_MS = 350;    // search-as-you-type delay
   const FILTER_DEBOUNCE_MS = 450;  // re-run delay after editing a filter
   const MIN_TYPE_CHARS = 2;        // don't search-as-you-type for a single character
   const PRELOAD_MARGIN_PX = 1200;  // start loading the next page this far before the bottom
   const KEY_STORAGE = "pixsearch.apiKey";
   const CAPTIONS_STORAGE = "pixsearch.captions";
+  const SCORES_STORAGE = "pixsearch.scores";
+  const SIZE_STEPS = [256, 512, 1024, 2048, 3000, 4000, 6000];  // "at least N px on the short side"
 
   const $ = (id) => document.getElementById(id);
   const els = {
@@ -25,6 +28,22 @@
     after: $("taken-after"),
     before: $("taken-before"),
     folder: $("folder"),
+    camera: $("camera"),
+    format: $("format"),
+    minSize: $("min-size"),
+    scores: $("scores-toggle"),
+    filtersBtn: $("filters-btn"),
+    filtersCount: $("filters-count"),
+    filters: $("filters"),
+    sort: $("sort"),
+    sortTool: $("sort-tool"),
+    jump: $("jump"),
+    jumpTool: $("jump-tool"),
+    notice: $("undated-note"),
+    newer: $("newer"),
+    topbar: document.querySelector(".topbar"),
+    lbStage: $("lb-stage"),
+    lbDownload: $("lb-download"),
     folderOptions: $("folder-options"),
     captions: $("captions-toggle"),
     clearFilters: $("clear-filters"),
@@ -73,7 +92,8 @@
   // ---------------------------------------------------------------- state
 
   const state = {
-    // query: null | {kind: "text", raw, text, negative}
+    // query: null | {kind: "browse"} (the collection by date, when nothing is asked)
+    //              | {kind: "text", raw, text, negative}
     //              | {kind: "upload", file, name, preview}
     //              | {kind: "similar", id, name}
     query: null,
@@ -87,6 +107,12 @@
     errored: false,
     fresh: false,      // true until the first page of the current query arrives
     lbIndex: -1,
+    sort: "relevance",  // a search's order: relevance | -date | date
+    browseSort: "-date",
+    startOffset: 0,     // where a browse starts (the month jumper moves it)
+    total: null,        // photos a browse's filters allow
+    months: [],         // [{month, count}] of the browse, newest first
+    group: null,        // {month, grid} the next card goes into
     imageCount: null,
     previewUrl: null,  // object URL of the uploaded query image
   };
@@ -229,22 +255,38 @@
   }
 
   function currentFilters() {
+    const size = Number(els.minSize.value) || null;
     return {
       taken_after: els.after.value || null,
       taken_before: els.before.value || null,
       path_prefix: els.folder.value.trim() || null,
-      camera: null,
-      min_width: null,
-      min_height: null,
-      format: null,
+      camera: els.camera.value || null,
+      min_width: size,
+      min_height: size,
+      format: els.format.value || null,
     };
   }
 
-  const hasFilters = () => Boolean(els.after.value || els.before.value || els.folder.value.trim());
+  const filterInputs = () => [els.after, els.before, els.folder, els.camera, els.format, els.minSize];
+  const activeFilterCount = () => filterInputs().filter((i) => i.value.trim()).length;
+  const hasFilters = () => activeFilterCount() > 0;
+  const isBrowse = (q) => Boolean(q && q.kind === "browse");
+  const searchSort = () => (state.sort !== "relevance" ? state.sort : null);
 
   function fetchPage(query, offset, signal) {
     const captions = els.captions.checked;
     const filters = currentFilters();
+    const sort = searchSort();
+
+    if (query.kind === "browse") {
+      const params = new URLSearchParams({
+        sort: state.browseSort,
+        offset: String(offset),
+        k: String(BROWSE_PAGE_SIZE),
+      });
+      for (const [name, value] of Object.entries(filters)) if (value) params.set(name, String(value));
+      return api(`/images?${params}`, { signal });
+    }
 
     if (query.kind === "text") {
       return api("/search", {
@@ -261,6 +303,7 @@
           filters,
           captions,
           cutoff: !query.closest,
+          ...(sort ? { sort } : {}),
         }),
       });
     }
@@ -282,12 +325,14 @@
             filters,
             captions,
             cutoff: !query.closest,
+            ...(sort ? { sort } : {}),
           }),
         });
       }
       const params = new URLSearchParams({ k: String(PAGE_SIZE), offset: String(offset) });
       if (captions) params.set("captions", "true");
       if (query.closest) params.set("cutoff", "false");
+      if (sort) params.set("sort", sort);
       return api(`/images/${encodeURIComponent(query.id)}/similar?${params}`, { signal });
     }
 
@@ -301,6 +346,10 @@
     if (filters.path_prefix) form.append("path_prefix", filters.path_prefix);
     if (filters.taken_after) form.append("taken_after", filters.taken_after);
     if (filters.taken_before) form.append("taken_before", filters.taken_before);
+    for (const name of ["camera", "format", "min_width", "min_height"]) {
+      if (filters[name]) form.append(name, String(filters[name]));
+    }
+    if (sort) form.append("sort", sort);
     return api("/search/image", { method: "POST", body: form, signal });
   }
 
@@ -333,11 +382,13 @@
           ? "Once the indexer has processed your library, describe a photo here or drop one on this page."
           : "Describe what you remember — “birthday cake with candles”, “snowy mountain lake” — or drop a photo anywhere on this page to find similar ones.";
     } else {
-      els.emptyTitle.textContent = state.query
-        ? `No photos match “${describeQuery(state.query)}” well`
-        : "No photos match well";
+      els.emptyTitle.textContent = isBrowse(state.query)
+        ? "No photos match these filters"
+        : state.query
+          ? `No photos match “${describeQuery(state.query)}” well`
+          : "No photos match well";
       els.emptyText.textContent = hasFilters()
-        ? "Try other words, or loosen the date and folder filters."
+        ? "Try other words, or loosen the filters."
         : "Try describing it differently — objects, colours, places or the mood of the scene.";
     }
     // Only when the automatic cut-off hid photos that exist: then the closest can be shown.
@@ -345,12 +396,24 @@
   }
 
   function updateFilterChrome() {
-    els.clearFilters.hidden = !hasFilters();
+    const n = activeFilterCount();
+    els.clearFilters.hidden = n === 0;
+    els.filtersCount.hidden = n === 0;
+    els.filtersCount.textContent = n ? String(n) : "";
+    const grouped = isBrowse(state.query) || Boolean(searchSort());
+    document.body.classList.toggle("grouped", grouped);
+    // One menu: best match / newest / oldest for a search; newest / oldest for the collection.
+    const browsing = isBrowse(state.query);
+    els.sortTool.hidden = !state.query;
+    els.sort.options[0].hidden = browsing;
+    els.sort.options[0].disabled = browsing;
+    els.sort.value = browsing ? state.browseSort : state.sort;
+    els.jumpTool.hidden = !isBrowse(state.query) || state.months.length < 2;
   }
 
   function updateChip() {
     const q = state.query;
-    if (!q || q.kind === "text") {
+    if (!q || q.kind === "text" || q.kind === "browse") {
       els.chip.hidden = true;
       els.chipImg.removeAttribute("src");
       document.body.classList.remove("image-query");
@@ -386,7 +449,9 @@
     try {
       const data = await api("/ready");
       const images = Number(data.images);
+      const before = state.imageCount;
       state.imageCount = Number.isFinite(images) ? images : null;
+      if (before !== null && before !== state.imageCount) loadFacets();
       const model = data.model ? ` · ${data.model}` : "";
       if (data.ready === false) {
         els.count.textContent = `indexing… ${fmtInt(images)} photos so far${model}`;
@@ -395,7 +460,7 @@
         els.count.textContent = `${fmtInt(images)} ${images === 1 ? "photo" : "photos"}${model}`;
       }
       els.count.classList.remove("offline");
-      if (!state.query) showEmpty("intro");
+      if ((!state.query || isBrowse(state.query)) && images === 0) showEmpty("intro");
     } catch (err) {
       if (err && err.status === 401) {
         els.count.textContent = "locked";
@@ -411,6 +476,7 @@
 
   function describeQuery(q) {
     if (!q) return "";
+    if (q.kind === "browse") return "All photos";
     if (q.kind === "text") return q.raw;
     if (q.kind === "upload") return q.name || "your photo";
     return q.name || `photo #${q.id}`;
@@ -419,9 +485,15 @@
   function queryKey(q) {
     if (!q) return "";
     const base =
-      q.kind === "text" ? `t:${q.text}|${q.negative.join(",")}` : q.kind === "similar" ? `s:${q.id}` : `u:${q.preview}`;
-    const f = currentFilters();
-    return `${base}|${q.closest ? "closest" : ""}|${f.taken_after}|${f.taken_before}|${f.path_prefix}|${els.captions.checked}`;
+      q.kind === "browse"
+        ? `b:${state.browseSort}`
+        : q.kind === "text"
+          ? `t:${q.text}|${q.negative.join(",")}|${state.sort}`
+          : q.kind === "similar"
+            ? `s:${q.id}|${state.sort}`
+            : `u:${q.preview}|${state.sort}`;
+    const f = Object.values(currentFilters()).join("|");
+    return `${base}|${q.closest ? "closest" : ""}|${f}|${els.captions.checked}`;
   }
   let lastRunKey = "";
 
@@ -433,7 +505,7 @@
     return true;
   }
 
-  function runQuery(query, { history: historyMode = "replace", force = true } = {}) {
+  function runQuery(query, { history: historyMode = "replace", force = true, start = 0 } = {}) {
     if (!validateFilters()) {
       // keep the query so that fixing the dates re-runs it, but don't send it
       state.gen += 1;
@@ -456,6 +528,8 @@
     const key = queryKey(query);
     if (!force && key === lastRunKey && !state.errored) return;
     lastRunKey = key;
+    // Search results never mix with the browsed collection, even for a moment.
+    const modeChange = isBrowse(state.query) !== isBrowse(query);
 
     state.gen += 1;
     if (state.controller) state.controller.abort();
@@ -464,42 +538,30 @@
     state.query = query;
     state.hits = [];
     state.ids = new Set();
-    state.offset = 0;
+    state.startOffset = isBrowse(query) ? start : 0;
+    state.offset = state.startOffset;
+    if (!isBrowse(query) || start === 0) state.months = [];
+    state.group = null;
     state.done = false;
     state.loading = false;
     state.errored = false;
     state.fresh = true;
     els.endNote.hidden = true;
+    els.newer.hidden = true;
     els.results.classList.add("stale");
-    if (!els.results.querySelector(".hit")) showSkeleton();
+    if (modeChange || !els.results.querySelector(".hit")) showSkeleton();
     updateChip();
+    updateFilterChrome();
     syncUrl(historyMode);
     document.title = `${describeQuery(query)} — pixsearch`;
     loadPage();
   }
 
   function clearQuery({ history: historyMode = "replace" } = {}) {
-    state.gen += 1;
-    if (state.controller) state.controller.abort();
-    state.controller = null;
     releasePreview();
-    state.query = null;
-    state.hits = [];
-    state.ids = new Set();
-    state.offset = 0;
-    state.done = true;
-    state.loading = false;
-    state.errored = false;
-    lastRunKey = "";
-    setBusy(false);
-    els.results.replaceChildren();
-    els.results.classList.remove("stale");
-    els.endNote.hidden = true;
-    updateChip();
     resetPlaceholder();
-    setStatus("");
-    showEmpty("intro");
-    syncUrl(historyMode);
+    state.sort = "relevance";
+    runQuery({ kind: "browse" }, { history: historyMode, force: false });
     document.title = "pixsearch";
   }
 
@@ -511,7 +573,7 @@
   function showSkeleton() {
     const frag = document.createDocumentFragment();
     for (let i = 0; i < 12; i++) frag.append(el("div", { class: "skeleton", "aria-hidden": "true" }));
-    els.results.replaceChildren(frag);
+    els.results.replaceChildren(el("div", { class: "grid" }, frag));
     showEmpty(null);
   }
 
@@ -524,21 +586,38 @@
     state.controller = controller;
     state.loading = true;
     setBusy(true);
-    setStatus(offset === 0 ? "Searching…" : `Loading more… (${state.hits.length} shown)`, "pending");
+    const first = offset === state.startOffset;
+    const pageSize = isBrowse(query) ? BROWSE_PAGE_SIZE : PAGE_SIZE;
+    if (!isBrowse(query)) {
+      setStatus(first ? "Searching…" : `Loading more… (${state.hits.length} shown)`, "pending");
+    }
 
     try {
       const data = await fetchPage(query, offset, controller.signal);
       if (gen !== state.gen) return;
-      const results = Array.isArray(data && data.results) ? data.results : [];
+      const results = Array.isArray(data && data.results)
+        ? data.results
+        : Array.isArray(data && data.items) ? data.items : [];
       if (state.fresh) {
         state.fresh = false;
         els.results.replaceChildren();
         els.results.classList.remove("stale");
-        if (offset === 0) window.scrollTo({ top: 0 });
+        if (first) window.scrollTo({ top: 0 });
+      }
+      if (first) {
+        els.notice.textContent = (data && data.notice) || "";
+        els.notice.hidden = !els.notice.textContent;
+      }
+      if (isBrowse(query)) {
+        state.total = Number(data.total) || 0;
+        if (first && state.startOffset === 0 && Array.isArray(data.months)) {
+          state.months = data.months;
+          fillJumper();
+        }
       }
       appendHits(results);
       state.offset = offset + results.length;
-      if (results.length < PAGE_SIZE) state.done = true;
+      if (results.length < pageSize || (isBrowse(query) && state.offset >= state.total)) state.done = true;
       renderSummary(data);
     } catch (err) {
       if (gen !== state.gen || (err && err.name === "AbortError")) return;
@@ -550,7 +629,7 @@
         showEmpty(null);
       }
       const msg = err && err.message ? err.message : String(err);
-      setStatus(offset === 0 ? msg : `Couldn't load more: ${msg}`, "error");
+      setStatus(first ? msg : `Couldn't load more: ${msg}`, "error");
     } finally {
       if (gen === state.gen) {
         state.loading = false;
@@ -563,6 +642,25 @@
 
   function renderSummary(data) {
     const n = state.hits.length;
+    if (isBrowse(state.query)) {
+      els.newer.hidden = state.startOffset === 0;
+      els.newer.textContent = state.browseSort === "-date" ? "↑ Newer photos" : "↑ Older photos";
+      const total = state.total || 0;
+      if (total === 0) {
+        showEmpty(hasFilters() ? "nomatch" : "intro");
+        setStatus(hasFilters() ? "No photos match these filters." : "");
+        els.endNote.hidden = true;
+        return;
+      }
+      showEmpty(null);
+      const order = state.browseSort === "-date" ? "newest first" : "oldest first";
+      setStatus(`${fmtInt(total)} ${total === 1 ? "photo" : "photos"} · ${order}`);
+      if (state.done) {
+        els.endNote.hidden = false;
+        els.endNote.textContent = `That's all — ${fmtInt(total)} photos.`;
+      }
+      return;
+    }
     if (n === 0) {
       const hidden = Boolean(data && data.cut_off) && !state.query.closest;
       showEmpty(hidden ? "cutoff" : "nomatch");
@@ -598,6 +696,41 @@
 
   // ---------------------------------------------------------------- result cards
 
+  const monthOf = (hit) => {
+    if (hit.month) return String(hit.month);
+    const m = /^(\d{4})-(\d{2})/.exec(String(hit.date || hit.taken_at || ""));
+    return m ? `${m[1]}-${m[2]}` : "";
+  };
+
+  function monthLabel(month) {
+    const m = /^(\d{4})-(\d{2})$/.exec(month || "");
+    if (!m) return "No date";
+    const d = new Date(Number(m[1]), Number(m[2]) - 1, 1);
+    return d.toLocaleDateString(undefined, { year: "numeric", month: "long" });
+  }
+
+  /** The grid the next card goes into: one per month when the view is by date. */
+  function gridFor(hit, frag) {
+    const byDate = isBrowse(state.query) || Boolean(searchSort());
+    const month = byDate ? monthOf(hit) : "*";
+    if (state.group && state.group.month === month) return state.group.grid;
+    const grid = el("div", { class: "grid", role: "list", "aria-label": byDate ? monthLabel(month) : "Search results" });
+    if (byDate) {
+      const count = (state.months.find((m) => m.month === month) || {}).count;
+      const header = el(
+        "h2",
+        { class: "month-header", "data-testid": "month-header", "data-month": month },
+        el("span", { text: monthLabel(month) }),
+        count ? el("span", { class: "month-count", text: `${fmtInt(count)} ${count === 1 ? "photo" : "photos"}` }) : null,
+      );
+      frag.append(el("section", { class: "month", "data-month": month }, header, grid));
+    } else {
+      frag.append(grid);
+    }
+    state.group = { month, grid };
+    return grid;
+  }
+
   function appendHits(results) {
     const frag = document.createDocumentFragment();
     const folders = new Set();
@@ -605,8 +738,8 @@
       if (!hit || hit.id === undefined || hit.id === null || state.ids.has(hit.id)) continue;
       state.ids.add(hit.id);
       state.hits.push(hit);
-      frag.append(buildCard(hit, state.hits.length - 1));
-      const dir = dirName(hit.path);
+      gridFor(hit, frag).append(buildCard(hit, state.hits.length - 1));
+      const dir = hit.folder || dirName(hit.path);
       if (dir) folders.add(dir);
     }
     els.results.append(frag);
@@ -622,10 +755,40 @@
     }
   }
 
+  function fillJumper() {
+    const byYear = new Map();
+    for (const m of state.months) {
+      const year = String(m.month).slice(0, 4);
+      if (!byYear.has(year)) byYear.set(year, []);
+      byYear.get(year).push(m);
+    }
+    const groups = [...byYear].map(([year, months]) =>
+      el(
+        "optgroup",
+        { label: year },
+        ...months.map((m) => el("option", { value: m.month, text: `${monthLabel(m.month)} (${fmtInt(m.count)})` })),
+      ),
+    );
+    els.jump.replaceChildren(el("option", { value: "", text: "Jump to…" }), ...groups);
+    updateFilterChrome();
+  }
+
+  /** Browse from the first photo of `month`: the photos before it are skipped, not loaded. */
+  function jumpTo(month) {
+    const order = state.browseSort === "-date" ? state.months : [...state.months].reverse();
+    let start = 0;
+    for (const m of order) {
+      if (m.month === month) break;
+      start += m.count;
+    }
+    runQuery({ kind: "browse" }, { force: true, start, history: "none" });
+  }
+
   function buildCard(hit, index) {
     const name = hitName(hit);
     const alt = hitAlt(hit);
     const dims = hit.width && hit.height ? `${hit.width}×${hit.height}` : "";
+    const date = fmtDate(hit.date || hit.taken_at);
 
     // `loading` must be set before `src`, or the browser starts fetching eagerly
     const img = el("img", {
@@ -646,44 +809,58 @@
         href: originalUrl(hit.id),
         target: "_blank",
         rel: "noopener",
-        title: [name, dims].filter(Boolean).join(" · "),
+        title: [name, date, dims].filter(Boolean).join(" · "),
         "data-index": index,
       },
       img,
-      el("span", { class: "score", "data-testid": "score", title: "Similarity score", text: fmtScore(hit.score) }),
-    );
-
-    const date = fmtDate(hit.taken_at);
-    const meta = el(
-      "div",
-      { class: "meta" },
-      el("span", { class: "name", title: hit.path || name, text: name }),
-      date ? el("time", { class: "date", datetime: String(hit.taken_at), text: date }) : null,
+      typeof hit.score === "number"
+        ? el("span", { class: "score", "data-testid": "score", title: "Similarity score", text: fmtScore(hit.score) })
+        : null,
     );
 
     const more = el(
       "button",
       {
-        class: "more-like-this",
+        class: "action more-like-this",
         type: "button",
         "data-testid": "more-like-this",
         "data-id": hit.id,
         "aria-label": `More like this: ${name}`,
-        title: "Find photos like this one",
+        title: "More like this",
       },
       svgIcon("similar"),
-      el("span", { text: "More like this" }),
+      el("span", { class: "action-label", text: "More like this" }),
+    );
+    const download = el(
+      "a",
+      {
+        class: "action download",
+        href: originalUrl(hit.id),
+        download: name,
+        "aria-label": `Download ${name}`,
+        title: "Download",
+      },
+      svgIcon("download"),
+    );
+    const open = el(
+      "a",
+      {
+        class: "action open",
+        href: originalUrl(hit.id),
+        target: "_blank",
+        rel: "noopener",
+        "aria-label": `Open ${name} in a new tab`,
+        title: "Open the original",
+      },
+      svgIcon("open"),
     );
 
-    const body = el(
-      "div",
-      { class: "hit-body" },
+    const card = el(
+      "article",
+      { class: "hit", role: "listitem", "data-id": hit.id, "data-testid": "hit" },
+      el("div", { class: "tile" }, link, el("div", { class: "hit-actions" }, more, open, download)),
       hit.caption ? el("p", { class: "caption", "data-testid": "caption", text: String(hit.caption) }) : null,
-      meta,
-      more,
     );
-
-    const card = el("article", { class: "hit", role: "listitem", "data-id": hit.id, "data-testid": "hit" }, link, body);
     const q = state.query;
     if (q && q.kind === "similar" && String(q.id) === String(hit.id)) {
       card.classList.add("is-query");
@@ -699,6 +876,8 @@
     svg.setAttribute("aria-hidden", "true");
     const paths = {
       similar: ["M4 4h7v7H4z", "M13 13h7v7h-7z", "M15.5 4.5a4 4 0 0 1 4 4", "M8.5 19.5a4 4 0 0 1-4-4"],
+      download: ["M12 4v11", "m7 10.5 5 5 5-5", "M5 20h14"],
+      open: ["M14 4h6v6", "M20 4l-9 9", "M18 14v5a1 1 0 0 1-1 1H5a1 1 0 0 1-1-1V7a1 1 0 0 1 1-1h5"],
     }[name] || [];
     for (const d of paths) {
       const p = document.createElementNS(ns, "path");
@@ -760,6 +939,85 @@
 
   // ---------------------------------------------------------------- lightbox
 
+  const infoCache = new Map();
+
+  /** A photo's details (date, camera, file size, GPS…): browsed photos carry them. */
+  async function photoInfo(hit) {
+    if (hit.dated_by && hit.size !== undefined && hit.folder !== undefined) return hit;
+    const key = String(hit.id);
+    if (!infoCache.has(key)) {
+      infoCache.set(key, api(`/images/${encodeURIComponent(hit.id)}/info`).catch((err) => {
+        infoCache.delete(key);
+        throw err;
+      }));
+    }
+    return infoCache.get(key);
+  }
+
+  function fmtBytes(n) {
+    if (!Number.isFinite(n)) return "";
+    if (n < 1024) return `${n} B`;
+    const units = ["KB", "MB", "GB"];
+    let v = n / 1024;
+    let i = 0;
+    while (v >= 1024 && i < units.length - 1) { v /= 1024; i += 1; }
+    return `${v.toFixed(v < 10 ? 1 : 0)} ${units[i]}`;
+  }
+
+  function fmtDateTime(value) {
+    const m = /^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2})/.exec(String(value || ""));
+    if (!m) return fmtDate(value);
+    const d = new Date(Number(m[1]), Number(m[2]) - 1, Number(m[3]), Number(m[4]), Number(m[5]));
+    return d.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+  }
+
+  /** The photo's box: the stage's size at most, its own size at most (never upscaled, never
+   * cropped); the thumbnail shown meanwhile fills the same box. */
+  function fitLightbox() {
+    const hit = state.hits[state.lbIndex];
+    if (!hit || !hit.width || !hit.height) return;
+    const cs = getComputedStyle(els.lbStage);
+    const w = els.lbStage.clientWidth - parseFloat(cs.paddingLeft) - parseFloat(cs.paddingRight);
+    const h = els.lbStage.clientHeight - parseFloat(cs.paddingTop) - parseFloat(cs.paddingBottom);
+    const scale = Math.min(1, w / hit.width, h / hit.height);
+    els.lbImg.style.width = `${Math.max(1, Math.floor(hit.width * scale))}px`;
+    els.lbImg.style.height = `${Math.max(1, Math.floor(hit.height * scale))}px`;
+  }
+
+  function metaRow(name, value, testid) {
+    if (value === null || value === undefined || value === "") return null;
+    return el("div", { class: "lb-row" }, el("dt", { text: name }), el("dd", { "data-testid": testid }, value));
+  }
+
+  function renderInfo(hit, info) {
+    const dims = hit.width && hit.height ? `${hit.width} × ${hit.height}` : "";
+    const rows = [];
+    const when = info && info.date ? fmtDateTime(info.date) : hit.taken_at ? fmtDateTime(hit.taken_at) : "";
+    const fileDated = info && info.dated_by === "file";
+    rows.push(metaRow("Date", when ? (fileDated ? `${when} (file time: no capture date)` : when) : "", "lb-date"));
+    if (info) rows.push(metaRow("Camera", info.camera || "", "lb-camera"));
+    rows.push(metaRow("Dimensions", dims, "lb-dims"));
+    if (info) {
+      const fmt = info.format ? String(info.format).toUpperCase() : "";
+      rows.push(metaRow("File", [fmtBytes(info.size), fmt].filter(Boolean).join(" · "), "lb-file"));
+      rows.push(metaRow("Folder", info.folder || "", "lb-folder"));
+      if (Number.isFinite(info.gps_lat) && Number.isFinite(info.gps_lon)) {
+        const lat = info.gps_lat.toFixed(5);
+        const lon = info.gps_lon.toFixed(5);
+        const link = el("a", {
+          href: `https://www.openstreetmap.org/?mlat=${lat}&mlon=${lon}#map=15/${lat}/${lon}`,
+          target: "_blank",
+          rel: "noopener noreferrer",
+          text: `${lat}, ${lon}`,
+          title: "Show on OpenStreetMap",
+        });
+        rows.push(metaRow("Location", link, "lb-gps"));
+      }
+    }
+    if (els.scores.checked && typeof hit.score === "number") rows.push(metaRow("Score", fmtScore(hit.score), "lb-score"));
+    els.lbMeta.replaceChildren(...rows.filter(Boolean));
+  }
+
   function openLightbox(index) {
     const hit = state.hits[index];
     if (!hit) return;
@@ -786,19 +1044,21 @@
     els.lbTitle.title = hit.path || "";
     els.lbCaption.textContent = hit.caption || "";
     els.lbCaption.hidden = !hit.caption;
-    const parts = [];
-    if (hit.taken_at) parts.push(fmtDate(hit.taken_at));
-    if (hit.width && hit.height) parts.push(`${hit.width}×${hit.height}`);
-    parts.push(`score ${fmtScore(hit.score)}`);
-    if (hit.path) parts.push(hit.path);
-    els.lbMeta.textContent = parts.join(" · ");
+    renderInfo(hit, null);
+    photoInfo(hit).then(
+      (info) => { if (state.lbIndex === index) renderInfo(hit, info); },
+      () => { /* the basic line stays */ },
+    );
     els.lbOpen.href = full;
+    els.lbDownload.href = full;
+    els.lbDownload.setAttribute("download", name);
     els.lbPrev.disabled = index <= 0;
     els.lbNext.disabled = index >= state.hits.length - 1 && state.done;
     if (!els.lb.open) {
       els.lb.showModal();
       document.body.classList.add("no-scroll");
     }
+    fitLightbox();
     // keep the page scrolled to the current photo, and fetch more near the end
     const card = els.results.querySelector(`.hit[data-id="${CSS.escape(String(hit.id))}"]`);
     if (card) card.scrollIntoView({ block: "nearest" });
@@ -822,6 +1082,8 @@
   els.lb.addEventListener("close", () => {
     document.body.classList.remove("no-scroll");
     els.lbImg.removeAttribute("src");
+    els.lbImg.style.width = "";
+    els.lbImg.style.height = "";
     const hit = state.hits[state.lbIndex];
     state.lbIndex = -1;
     if (hit) {
@@ -833,6 +1095,23 @@
     if (e.key === "ArrowLeft") { e.preventDefault(); stepLightbox(-1); }
     else if (e.key === "ArrowRight") { e.preventDefault(); stepLightbox(1); }
   });
+  // The stage changes size with the window and with the panel below (its lines wrap).
+  if ("ResizeObserver" in window) new ResizeObserver(() => { if (els.lb.open) fitLightbox(); }).observe(els.lbStage);
+  window.addEventListener("resize", () => { if (els.lb.open) fitLightbox(); });
+  // Swipe left or right on the photo: the next or the previous one.
+  let touchStart = null;
+  els.lbStage.addEventListener("touchstart", (e) => {
+    const t = e.changedTouches[0];
+    touchStart = e.touches.length === 1 ? { x: t.clientX, y: t.clientY } : null;
+  }, { passive: true });
+  els.lbStage.addEventListener("touchend", (e) => {
+    if (!touchStart) return;
+    const t = e.changedTouches[0];
+    const dx = t.clientX - touchStart.x;
+    const dy = t.clientY - touchStart.y;
+    touchStart = null;
+    if (Math.abs(dx) > 50 && Math.abs(dx) > 1.5 * Math.abs(dy)) stepLightbox(dx < 0 ? 1 : -1);
+  }, { passive: true });
   els.lb.addEventListener("click", (e) => {
     if (e.target === els.lb || e.target.classList.contains("lb-stage")) closeLightbox();
   });
@@ -949,6 +1228,9 @@
     if (state.query) runQuery(state.query, { force: false });
   }, FILTER_DEBOUNCE_MS);
 
+  for (const select of [els.camera, els.format, els.minSize]) {
+    select.addEventListener("change", () => { updateFilterChrome(); if (state.query) runQuery(state.query, { force: false }); });
+  }
   for (const input of [els.after, els.before, els.folder]) {
     input.addEventListener("input", () => { updateFilterChrome(); rerunForFilters(); });
     input.addEventListener("change", () => { rerunForFilters.cancel(); updateFilterChrome(); if (state.query) runQuery(state.query, { force: false }); });
@@ -966,14 +1248,72 @@
     if (state.query) runQuery({ ...state.query, closest: true }, { history: "replace" });
   });
 
+  // On a phone the filters fold away behind one button.
+  els.filtersBtn.addEventListener("click", () => {
+    const open = !document.body.classList.contains("filters-open");
+    document.body.classList.toggle("filters-open", open);
+    els.filtersBtn.setAttribute("aria-expanded", open ? "true" : "false");
+  });
+
+  els.scores.checked = store.get(SCORES_STORAGE) === "true";
+  document.body.classList.toggle("show-scores", els.scores.checked);
+  els.scores.addEventListener("change", () => {
+    store.set(SCORES_STORAGE, els.scores.checked ? "true" : "false");
+    document.body.classList.toggle("show-scores", els.scores.checked);
+  });
+
+  els.sort.addEventListener("change", () => {
+    if (!state.query) return;
+    if (isBrowse(state.query)) {
+      state.browseSort = els.sort.value === "date" ? "date" : "-date";
+      runQuery(state.query, { force: false });
+    } else {
+      state.sort = els.sort.value;
+      runQuery(state.query, { force: false });
+    }
+  });
+  els.jump.addEventListener("change", () => {
+    const month = els.jump.value;
+    els.jump.value = "";
+    if (month) jumpTo(month);
+  });
+  els.newer.addEventListener("click", () => runQuery({ kind: "browse" }, { force: true }));
+
+  /** The filter values that exist in the collection, offered in the selects. */
+  async function loadFacets() {
+    let f;
+    try {
+      f = await api("/facets");
+    } catch {
+      return; // the filters stay usable with what they hold
+    }
+    const keep = (select, options) => {
+      const current = select.value;
+      const first = select.options[0];
+      select.replaceChildren(first, ...options);
+      select.value = current;
+      if (select.value !== current) ensureOption(select, current, current);
+    };
+    keep(els.camera, (f.cameras || []).map((c) => el("option", { value: c.value, text: `${c.value} (${fmtInt(c.count)})` })));
+    keep(els.format, (f.formats || []).map((c) => el("option", { value: c.value, text: `${String(c.value).toUpperCase()} (${fmtInt(c.count)})` })));
+    const largest = Math.max(Number(f.max_width) || 0, Number(f.max_height) || 0);
+    const steps = SIZE_STEPS.filter((n) => n <= largest);
+    if (!steps.length && largest) steps.push(Math.max(1, Math.floor(largest / 2)));
+    keep(els.minSize, steps.map((n) => el("option", { value: String(n), text: `≥ ${fmtInt(n)} px` })));
+  }
+
+  function ensureOption(select, value, label) {
+    if (!value) return;
+    if (![...select.options].some((o) => o.value === value)) select.append(el("option", { value, text: label }));
+    select.value = value;
+  }
+
   els.captions.addEventListener("change", () => {
     store.set(CAPTIONS_STORAGE, els.captions.checked ? "true" : "false");
     if (state.query) runQuery(state.query, { force: false });
   });
   els.clearFilters.addEventListener("click", () => {
-    els.after.value = "";
-    els.before.value = "";
-    els.folder.value = "";
+    for (const input of filterInputs()) input.value = "";
     updateFilterChrome();
     rerunForFilters.cancel();
     if (state.query) runQuery(state.query, { force: false });
@@ -1069,6 +1409,11 @@
     if (els.after.value) p.set("after", els.after.value);
     if (els.before.value) p.set("before", els.before.value);
     if (els.folder.value.trim()) p.set("folder", els.folder.value.trim());
+    if (els.camera.value) p.set("camera", els.camera.value);
+    if (els.format.value) p.set("format", els.format.value);
+    if (els.minSize.value) p.set("size", els.minSize.value);
+    if (q && !isBrowse(q) && searchSort()) p.set("sort", state.sort);
+    if (isBrowse(q) && state.browseSort === "date") p.set("sort", "date");
     const search = p.toString();
     const url = search ? `?${search}` : location.pathname;
     if ((search ? `?${search}` : "") === location.search) return;
@@ -1083,6 +1428,15 @@
     els.after.value = p.get("after") || "";
     els.before.value = p.get("before") || "";
     els.folder.value = p.get("folder") || "";
+    els.camera.value = "";
+    els.format.value = "";
+    els.minSize.value = "";
+    ensureOption(els.camera, p.get("camera"), p.get("camera"));
+    ensureOption(els.format, p.get("format"), p.get("format"));
+    ensureOption(els.minSize, p.get("size"), `≥ ${p.get("size")} px`);
+    const sort = ["-date", "date"].includes(p.get("sort")) ? p.get("sort") : "relevance";
+    state.sort = p.get("q") || p.get("similar") ? sort : "relevance";
+    state.browseSort = sort === "date" && !(p.get("q") || p.get("similar")) ? "date" : "-date";
     updateFilterChrome();
     const similar = p.get("similar");
     const q = p.get("q");
@@ -1108,8 +1462,17 @@
 
   // ---------------------------------------------------------------- start
 
-  showEmpty("intro");
+  // Month headers stick under the top bar where it sticks (not on a phone, where it scrolls).
+  const placeHeaders = () => {
+    const sticky = getComputedStyle(els.topbar).position === "sticky";
+    document.documentElement.style.setProperty("--sticky-top", sticky ? `${els.topbar.offsetHeight}px` : "0px");
+  };
+  if ("ResizeObserver" in window) new ResizeObserver(placeHeaders).observe(els.topbar);
+  window.addEventListener("resize", placeHeaders);
+  placeHeaders();
+
   refreshReady();
+  loadFacets();
   applyUrl();
-  if (!state.query) els.q.focus();
+  if (isBrowse(state.query) && !window.matchMedia("(hover: none)").matches) els.q.focus();
 })();
