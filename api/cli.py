@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 from api.cli_support import ProgressBar, print_hits, set_up_logging
+from api.cli_watch import PollFlag
+from api.cli_watch import watch as watch_command
 from api.display import one_line
 
 if TYPE_CHECKING:
@@ -297,10 +299,16 @@ def evaluate(
 def serve(
     host: Annotated[str, typer.Option(help="Address to bind; loopback by default.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="0: any free port.")] = 8000,
+    watch: Annotated[
+        list[Path] | None,
+        typer.Option("--watch", help="Also keep this folder indexed (repeat for more)."),
+    ] = None,
+    poll: PollFlag = False,
 ) -> None:
     """Run the web page and HTTP API (OpenAPI docs at /docs)."""
     import uvicorn
 
+    from api.cli_watch import Background
     from api.protocol import header_deadline
     from api.security import is_loopback
     from api.server import create_app
@@ -316,7 +324,7 @@ def serve(
                 where = f"[{host}]" if ":" in host else host
                 typer.echo(f"pixsearch: serving http://{where}:{bound} (API docs: /docs)", err=True)
 
-    cfg = settings()
+    cfg = settings(**({"watch_polling": True} if poll else {}))
     if not is_loopback(host):
         if cfg.api_key:
             log.warning("serving on %s: requests need the API key", host)
@@ -341,7 +349,17 @@ def serve(
         # Headers dribbled in (slowloris) would otherwise hold those connections for ever.
         http=header_deadline(cfg.header_timeout),
     )
-    Server(config).run()
+    watcher = Background(service, watch) if watch else None
+    if watcher is not None:
+        watcher.start()
+    try:
+        Server(config).run()
+    finally:
+        if watcher is not None:
+            watcher.stop()
+
+
+app.command(name="watch")(watch_command)
 
 
 @app.command()

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from indexer.errors import HomeError
+from indexer.errors import HomeBusy
 from indexer.home import Home
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ def home_lock(home: Home) -> Iterator[None]:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise HomeError(
+            raise HomeBusy(
                 f"another indexing run is using {home.path}; wait for it to end"
             ) from None
         try:
