@@ -231,3 +231,95 @@ def test_watch_keeps_the_index_matching_the_folder(env: dict[str, str], tmp_path
     assert code == 0, w.err
     assert "pixsearch: stopped watching" in w.err
     assert not any("Traceback" in line for line in w.err), w.err
+
+
+# -- `pixsearch serve --watch`: the server's searcher sees what the watcher indexes ---------------
+def test_a_server_that_watches_finds_new_photos_without_a_restart(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With polling (`--poll`, for network shares), the other way to see changes."""
+    from fastapi.testclient import TestClient
+
+    from api.cli_watch import Background
+    from api.server import create_app
+    from api.service import Service
+    from indexer.settings import Settings
+
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    monkeypatch.setenv("PIXSEARCH_WATCH_POLLING", "true")
+    monkeypatch.setenv("PIXSEARCH_WATCH_POLL_INTERVAL", "0.5")
+    cfg = Settings()
+    service = Service.start(cfg)
+    watcher = Background(service, [folder])
+    everything = {"text": "a photo", "k": 200, "cutoff": False, "rerank": False}
+
+    def found() -> set[str]:
+        res = client.post("/search", json=everything)
+        assert res.status_code == 200, res.text
+        return {hit["path"] for hit in res.json()["results"]}
+
+    def wait_for(paths: set[str]) -> None:
+        started = time.monotonic()
+        while found() != paths:
+            assert watcher.thread.is_alive(), "the watcher stopped"
+            assert time.monotonic() - started < HUNG, f"the server never found {len(paths)}"
+            time.sleep(0.05)
+
+    with TestClient(create_app(cfg, service)) as client:
+        watcher.start()
+        try:
+            assert found() == set()
+            wait_for(set())  # the start-up run is over
+            assert watcher.watcher.modes == {str(folder): "polling"}
+            added = make_photos(folder, 5)
+            wait_for({str(p) for p in added})
+            added[0].unlink()
+            wait_for({str(p) for p in added[1:]})
+        finally:
+            watcher.stop()
+    assert not watcher.thread.is_alive()
+
+
+def test_folders_that_cannot_be_watched_are_refused_in_one_line(
+    env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.helpers import run_cli
+
+    missing = run_cli(capsys, "watch", str(tmp_path / "nowhere"))
+    assert missing.code == 1
+    assert missing.err == f"pixsearch: error: {tmp_path / 'nowhere'}: no such folder\n"
+    photo = make_photos(tmp_path, 1)[0]
+    a_file = run_cli(capsys, "watch", str(photo))
+    assert a_file.code == 1 and "not a folder" in a_file.err and "Traceback" not in a_file.err
+
+
+def test_without_file_events_a_folder_is_polled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """inotify's limits reached (one watch per folder: a large photo tree can exhaust them):
+    the folder is polled instead, and its changes still arrive."""
+    import errno
+
+    from watchdog.observers import inotify
+
+    from indexer.watch import _Folder
+
+    class NoMoreWatches(inotify.InotifyObserver):
+        def start(self) -> None:
+            raise OSError(errno.ENOSPC, "inotify watch limit reached")
+
+    monkeypatch.setattr("watchdog.observers.Observer", NoMoreWatches)
+    seen: list[str] = []
+    folder = _Folder(str(tmp_path), lambda event: seen.append(os.fsdecode(event.src_path)))
+    folder.start(polling=False, interval=0.5)
+    try:
+        assert folder.mode == "polling" and folder.alive()
+        make_photos(tmp_path / "new", 1)
+        started = time.monotonic()
+        while str(tmp_path / "new" / "img_0000.jpg") not in seen:
+            assert time.monotonic() - started < HUNG, seen
+            time.sleep(0.05)
+    finally:
+        folder.stop()
+    assert not folder.alive()
