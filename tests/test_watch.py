@@ -224,6 +224,8 @@ def test_watch_keeps_the_index_matching_the_folder(env: dict[str, str], tmp_path
         expected = photos_on_disk(folder, unreadable=frozenset({"broken.jpg"}))
         w.wait_for(lambda: set(w.indexed()) == expected, "the folder caught up")
         assert len(expected) == count + 1
+        final = w.indexed()
+        assert all(final[path] == row for path, row in now.items())  # same ids, not re-added
     finally:
         if w.proc.poll() is None:
             w.proc.send_signal(signal.SIGINT)  # Ctrl-C
