@@ -169,6 +169,7 @@ def new_photos(runs: list[str]) -> int:
 def test_watch_keeps_the_index_matching_the_folder(env: dict[str, str], tmp_path: Path) -> None:
     folder = tmp_path / "photos"
     make_photos(folder, 6)
+    make_photos(folder / "inbox", 2, start=50)
     staging = tmp_path / "camera-card"
     make_photos(staging, 100, start=100)
     w = Watching(folder, env)
@@ -193,6 +194,8 @@ def test_watch_keeps_the_index_matching_the_folder(env: dict[str, str], tmp_path
         (folder / "2024").mkdir()
         (folder / "img_0001.jpg").rename(folder / "2024" / "img_0001.jpg")
         (folder / "card" / "img_0100.jpg").rename(folder / "from-card.jpg")
+        for name in ("img_0050.jpg", "img_0051.jpg"):  # the inbox sorted out, left empty
+            (folder / "inbox" / name).rename(folder / "2024" / name)
         for gone in (folder / "img_0002.jpg", folder / "card" / "img_0101.jpg"):
             gone.unlink()
         picture(999).save(p["img_0003.jpg"], "JPEG")
@@ -207,6 +210,8 @@ def test_watch_keeps_the_index_matching_the_folder(env: dict[str, str], tmp_path
             "img_0000.jpg": "beach.jpg",
             "img_0001.jpg": "2024/img_0001.jpg",
             "card/img_0100.jpg": "from-card.jpg",
+            "inbox/img_0050.jpg": "2024/img_0050.jpg",
+            "inbox/img_0051.jpg": "2024/img_0051.jpg",
         }
         for old, new in moves.items():  # moved photos keep their ids (and their vectors)
             assert now[str(folder / new)] == ids[str(folder / old)]
