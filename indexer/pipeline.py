@@ -6,7 +6,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -62,11 +62,13 @@ def plan(
     roots: Sequence[Root],
     entries: Iterator[FileEntry | Failure | EmptyFolder],
     embedded: set[str],
+    gone: Collection[str] = (),
 ) -> Plan:
     """Compare the files on disk with the rows under the roots (the scan stage's result).
 
     Only rows whose files were seen to be gone are marked missing: rows under a folder that
-    could not be listed, or that lists nothing at all (an unmounted drive?), are kept.
+    could not be listed, or that lists nothing at all (an unmounted drive?), are kept, unless
+    their paths are in `gone` (files a file-system event said were deleted or moved away).
     """
     p = Plan()
     found: dict[str, FileEntry] = {}
@@ -104,6 +106,8 @@ def plan(
         # A row for the root folder itself (it was a file once) is a phantom, not a photo.
         held = [path for path, _ in here if path != root.path]
         if root.is_dir and held and not any(under(root, path) for path in found):
+            p.missing.update((rows[path][0], rows[path][3]) for path in held if path in gone)
+            held = [path for path in held if path not in gone]
             ids = [rows[path][0] for path in held]
             p.kept.append((root.path, "%s holds no images now, but %d were indexed there", ids))
             p.movable.update((rows[path][0], rows[path][3]) for path in held)
@@ -111,7 +115,7 @@ def plan(
         for path, (row_id, _, _, digest) in here:
             if path in found:
                 continue
-            if keep(path, row_id):
+            if path not in gone and keep(path, row_id):
                 if not keep.unseen(path):  # a file that may be there but cannot be looked at
                     p.movable[row_id] = digest
             else:
@@ -225,8 +229,14 @@ class Indexer:
         with self.home.engine.connect() as conn:
             return set(conn.scalars(stmt))
 
-    def run(self, paths: Sequence[str | os.PathLike[str]]) -> IndexReport:
-        """Index the files under `paths`: add new, update changed, follow moves, drop deleted."""
+    def run(
+        self, paths: Sequence[str | os.PathLike[str]], gone: Collection[str] = ()
+    ) -> IndexReport:
+        """Index the files under `paths`: add new, update changed, follow moves, drop deleted.
+
+        `gone`: files known to have been deleted or moved away (file-system events), removed
+        even from a folder that now lists nothing (see `plan`).
+        """
         self.home.check_writable()
         if not self.home.exists():
             # A new home is created only once the model is known to load: a missing
@@ -235,18 +245,19 @@ class Indexer:
         try:
             with home_lock(self.home):
                 remove_stale_temp_files(self.home.path, *self.home.path.glob("thumbnails/*"))
-                return self._run(paths)
+                return self._run(paths, gone)
         except OSError as exc:  # a full disk, a file system turned read-only
             error = homeerrors.from_os_error(exc, self.home.path)
             if error is None:
                 raise
             raise error from None
 
-    def _run(self, paths: Sequence[str | os.PathLike[str]]) -> IndexReport:
+    def _run(self, paths: Sequence[str | os.PathLike[str]], gone: Collection[str]) -> IndexReport:
         started = time.perf_counter()
         roots = normalise_roots(paths)
         embedded = self._embedded = self._embedded_hashes()
-        work = plan(self.home, roots, scan(roots, self.settings.include_hidden), embedded)
+        entries = scan(roots, self.settings.include_hidden)
+        work = plan(self.home, roots, entries, embedded, gone)
         report = IndexReport(
             scanned=work.scanned, unchanged=work.unchanged, failed=list(work.failed)
         )

@@ -228,6 +228,9 @@ class Watcher:
         self._cond = threading.Condition()
         self._debouncer = Debouncer(self.settings.watch_quiet, self.settings.watch_max_delay)
         self._stopping = threading.Event()
+        # Photos that file events said were deleted or moved away, per folder, for the next
+        # run (a folder those leave empty is not an unmounted drive).
+        self._gone: dict[str, set[str]] = {}
         self.folders = [
             _Folder(path, self._event_handler(path)) for path in _watched_folders(paths)
         ]
@@ -245,7 +248,14 @@ class Watcher:
         def handle(event: FileSystemEvent) -> None:
             if not relevant(event):
                 return
+            gone = None
+            # Polling reports an unmounted drive's files as deleted; inotify does not.
+            by_events = self.modes.get(path) == "file events"
+            if by_events and event.event_type in ("deleted", "moved") and not event.is_directory:
+                gone = os.fsdecode(event.src_path)
             with self._cond:
+                if gone is not None:
+                    self._gone.setdefault(path, set()).add(gone)
                 if self._debouncer.add([path], time.monotonic()):
                     self._cond.notify_all()  # the loop was idle: it must start counting
 
@@ -331,13 +341,18 @@ class Watcher:
         if not present:
             return  # a folder that is gone is caught up when it is back
         progress = _StopCheck(self._stopping)
+        with self._cond:
+            gone = {root: self._gone.pop(root, set()) for root in present}
         try:
-            report = Indexer(self.home, self.encoder, progress=progress).run(present)
+            report = Indexer(self.home, self.encoder, progress=progress).run(
+                present, gone=set().union(*gone.values())
+            )
         except _Stopped:
+            self._retry(present, gone, delay=0.0)
             return
         except HomeBusy as exc:
             log.warning("%s; trying again in %g s", exc, RETRY_SECONDS)
-            self._retry(present)
+            self._retry(present, gone)
             return
         except Exception as exc:
             if fatal:
@@ -346,13 +361,17 @@ class Watcher:
             why = str(exc) if isinstance(exc, PixsearchError) else f"{type(exc).__name__}: {exc}"
             log.error("watch: indexing failed: %s; trying again in %g s", why, RETRY_SECONDS)
             log.debug("the failed run", exc_info=True)
-            self._retry(present)
+            self._retry(present, gone)
             return
         self.runs += 1
         log.info("%s (%s)", summary(report) or "watch: nothing changed", why)
         if self.on_run is not None:
             self.on_run(WatchRun(why, tuple(present), report))
 
-    def _retry(self, roots: list[str]) -> None:
+    def _retry(
+        self, roots: list[str], gone: dict[str, set[str]], delay: float = RETRY_SECONDS
+    ) -> None:
         with self._cond:
-            self._debouncer.defer(roots, time.monotonic(), RETRY_SECONDS)
+            for root, paths in gone.items():
+                self._gone.setdefault(root, set()).update(paths)
+            self._debouncer.defer(roots, time.monotonic(), delay)

@@ -170,6 +170,7 @@ def test_watch_keeps_the_index_matching_the_folder(env: dict[str, str], tmp_path
     folder = tmp_path / "photos"
     make_photos(folder, 6)
     make_photos(folder / "inbox", 2, start=50)
+    make_photos(folder / "rejects", 2, start=60)
     staging = tmp_path / "camera-card"
     make_photos(staging, 100, start=100)
     w = Watching(folder, env)
@@ -197,6 +198,8 @@ def test_watch_keeps_the_index_matching_the_folder(env: dict[str, str], tmp_path
         for name in ("img_0050.jpg", "img_0051.jpg"):  # the inbox sorted out, left empty
             (folder / "inbox" / name).rename(folder / "2024" / name)
         for gone in (folder / "img_0002.jpg", folder / "card" / "img_0101.jpg"):
+            gone.unlink()
+        for gone in (folder / "rejects").iterdir():  # deleted, leaving the folder empty
             gone.unlink()
         picture(999).save(p["img_0003.jpg"], "JPEG")
         make_photos(folder / "new", 2, start=500, fmt="PNG")
