@@ -358,8 +358,8 @@ class Watcher:
             if fatal:
                 raise
             # One bad run (a full disk, a database error) must not end the watching.
-            why = str(exc) if isinstance(exc, PixsearchError) else f"{type(exc).__name__}: {exc}"
-            log.error("watch: indexing failed: %s; trying again in %g s", why, RETRY_SECONDS)
+            said = str(exc) if isinstance(exc, PixsearchError) else f"{type(exc).__name__}: {exc}"
+            log.error("watch: indexing failed: %s; trying again in %g s", said, RETRY_SECONDS)
             log.debug("the failed run", exc_info=True)
             self._retry(present, gone)
             return
