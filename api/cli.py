@@ -14,6 +14,8 @@ import typer
 from api import cli_demo, cli_search
 from api.cli_common import JsonFlag, overrides, settings
 from api.cli_support import ProgressBar, index_summary, set_up_logging
+from api.cli_watch import PollFlag
+from api.cli_watch import watch as watch_command
 from api.display import one_line
 
 log = logging.getLogger(__name__)
@@ -261,10 +263,16 @@ def evaluate(
 def serve(
     host: Annotated[str, typer.Option(help="Address to bind; loopback by default.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="0: any free port.")] = 8000,
+    watch: Annotated[
+        list[Path] | None,
+        typer.Option("--watch", help="Also keep this folder indexed (repeat for more)."),
+    ] = None,
+    poll: PollFlag = False,
 ) -> None:
     """Run the web page and HTTP API (OpenAPI docs at /docs)."""
     import uvicorn
 
+    from api.cli_watch import Background
     from api.discovery import ServerInfo, announce, local_url, withdraw
     from api.protocol import header_deadline
     from api.security import is_loopback
@@ -295,7 +303,7 @@ def serve(
             withdraw(service.home.path)
             await super().shutdown(sockets=sockets)
 
-    cfg = settings()
+    cfg = settings(**({"watch_polling": True} if poll else {}))
     if not is_loopback(host):
         if cfg.api_key:
             log.warning("serving on %s: requests need the API key", host)
@@ -320,10 +328,18 @@ def serve(
         # Headers dribbled in (slowloris) would otherwise hold those connections for ever.
         http=header_deadline(cfg.header_timeout),
     )
+    watcher = Background(service, watch) if watch else None
+    if watcher is not None:
+        watcher.start()
     try:
         Server(config).run()
     finally:
+        if watcher is not None:
+            watcher.stop()
         withdraw(service.home.path)
+
+
+app.command(name="watch")(watch_command)
 
 
 @app.command()

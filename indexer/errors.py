@@ -31,5 +31,9 @@ class HomeError(PixsearchError):
     """The data folder or its database cannot be used."""
 
 
+class HomeBusy(HomeError):
+    """Another indexing run holds the home's lock (`pixsearch watch` tries again later)."""
+
+
 class IndexDamaged(HomeError):
     """The loaded FAISS index failed while searching; the searcher rebuilds it."""

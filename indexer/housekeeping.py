@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from indexer.errors import HomeError
+from indexer.errors import HomeBusy
 from indexer.home import Home
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def _file_lock(home: Home) -> Iterator[None]:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise HomeError(
+            raise HomeBusy(
                 f"another indexing run is using {home.path}; wait for it to end"
             ) from None
         try:

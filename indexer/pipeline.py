@@ -6,7 +6,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -50,6 +50,11 @@ class Plan:
 
     jobs: list[Job] = field(default_factory=list)
     missing: dict[int, str] = field(default_factory=dict)  # row id -> content hash
+    # Rows kept although their files were not found (under an empty folder): not deleted,
+    # but a new file with the same content is their move (an emptied inbox), not a twin.
+    movable: dict[int, str] = field(default_factory=dict)
+    # (folder, warning, ids of its kept rows): said after the run, for the rows not moved.
+    kept: list[tuple[str, str, list[int]]] = field(default_factory=list)
     unchanged: int = 0
     scanned: int = 0
     failed: list[Failure] = field(default_factory=list)
@@ -60,11 +65,13 @@ def plan(
     roots: Sequence[Root],
     entries: Iterator[FileEntry | Failure | EmptyFolder],
     embedded: set[str],
+    gone: Collection[str] = (),
 ) -> Plan:
     """Compare the files on disk with the rows under the roots (the scan stage's result).
 
     Only rows whose files were seen to be gone are marked missing: rows under a folder that
-    could not be listed, or that lists nothing at all (an unmounted drive?), are kept.
+    could not be listed, or that lists nothing at all (an unmounted drive?), are kept, unless
+    their paths are in `gone` (files a file-system event said were deleted or moved away).
     """
     p = Plan()
     found: dict[str, FileEntry] = {}
@@ -102,49 +109,60 @@ def plan(
         # A row for the root folder itself (it was a file once) is a phantom, not a photo.
         held = [path for path, _ in here if path != root.path]
         if root.is_dir and held and not any(under(root, path) for path in found):
-            log.warning(
-                "%s holds no images now, but %d were indexed there: keeping them "
-                "(an unmounted drive?)",
-                root.path,
-                len(held),
-            )
+            p.missing.update((rows[path][0], rows[path][3]) for path in held if path in gone)
+            held = [path for path in held if path not in gone]
+            ids = [rows[path][0] for path in held]
+            p.kept.append((root.path, "%s holds no images now, but %d were indexed there", ids))
+            p.movable.update((rows[path][0], rows[path][3]) for path in held)
             continue
         for path, (row_id, _, _, digest) in here:
-            if path not in found and not keep(path):
+            if path in found:
+                continue
+            if path not in gone and keep(path, row_id):
+                if not keep.unseen(path):  # a file that may be there but cannot be looked at
+                    p.movable[row_id] = digest
+            else:
                 p.missing[row_id] = digest
-    keep.warn()
+    p.kept += [
+        (folder.rstrip(os.sep), "%s is empty now, but %d images were indexed there", ids)
+        for folder, ids in keep.empty.items()
+        if ids
+    ]
     return p
+
+
+def warn_kept(kept: list[tuple[str, str, list[int]]], moved: set[int]) -> None:
+    """Say which folders kept photos although their files were not found, unless the photos
+    turned up elsewhere in the run (moved out of a folder they left empty)."""
+    for folder, warning, ids in kept:
+        count = sum(i not in moved for i in ids)
+        if count:
+            log.warning(warning + ": keeping them (an unmounted drive?)", folder, count)
 
 
 class _Keep:
     """Which rows a run keeps although their files were not found: those under folders that
-    could not be listed or list nothing (the latter said once per folder)."""
+    could not be listed or list nothing (the latter's row ids noted per folder)."""
 
     def __init__(self, unseen: list[str], empty: list[str]) -> None:
-        self.unseen = set(unseen)
+        self.unseen_paths = set(unseen)
         self.unseen_dirs = tuple(p.rstrip(os.sep) + os.sep for p in unseen)
-        self.empty = {p.rstrip(os.sep) + os.sep: 0 for p in empty}
+        self.empty: dict[str, list[int]] = {p.rstrip(os.sep) + os.sep: [] for p in empty}
         self.empty_dirs = tuple(self.empty)
 
-    def __call__(self, path: str) -> bool:
-        if path in self.unseen or path.startswith(self.unseen_dirs):
+    def __call__(self, path: str, row_id: int) -> bool:
+        if self.unseen(path):
             return True
         if not path.startswith(self.empty_dirs):
             return False
-        for folder in self.empty:
+        for folder, ids in self.empty.items():
             if path.startswith(folder):
-                self.empty[folder] += 1
+                ids.append(row_id)
         return True
 
-    def warn(self) -> None:
-        for folder, count in self.empty.items():
-            if count:
-                log.warning(
-                    "%s is empty now, but %d images were indexed there: keeping them "
-                    "(an unmounted drive?)",
-                    folder.rstrip(os.sep),
-                    count,
-                )
+    def unseen(self, path: str) -> bool:
+        """Whether the path, or a folder above it, could not be looked at."""
+        return path in self.unseen_paths or path.startswith(self.unseen_dirs)
 
 
 def _rows_under(home: Home, roots: Sequence[Root]) -> dict[str, tuple[int, int, int, str]]:
@@ -214,8 +232,14 @@ class Indexer:
         with self.home.engine.connect() as conn:
             return set(conn.scalars(stmt))
 
-    def run(self, paths: Sequence[str | os.PathLike[str]]) -> IndexReport:
-        """Index the files under `paths`: add new, update changed, follow moves, drop deleted."""
+    def run(
+        self, paths: Sequence[str | os.PathLike[str]], gone: Collection[str] = ()
+    ) -> IndexReport:
+        """Index the files under `paths`: add new, update changed, follow moves, drop deleted.
+
+        `gone`: files known to have been deleted or moved away (file-system events), removed
+        even from a folder that now lists nothing (see `plan`).
+        """
         self.home.check_writable()
         if not self.home.exists():
             # A new home is created only once the model is known to load: a missing
@@ -231,17 +255,18 @@ class Indexer:
                     *self.home.path.glob("thumbnails/*"),
                     min_age=SHARED_TEMP_AGE if shared else 0.0,
                 )
-                return self._run(roots)
+                return self._run(roots, gone)
         except OSError as exc:  # a full disk, a file system turned read-only
             error = homeerrors.from_os_error(exc, self.home.path)
             if error is None:
                 raise
             raise error from None
 
-    def _run(self, roots: list[Root]) -> IndexReport:
+    def _run(self, roots: list[Root], gone: Collection[str]) -> IndexReport:
         started = time.perf_counter()
         embedded = self._embedded = self._embedded_hashes()
-        work = plan(self.home, roots, scan(roots, self.settings.include_hidden), embedded)
+        entries = scan(roots, self.settings.include_hidden)
+        work = plan(self.home, roots, entries, embedded, gone)
         report = IndexReport(
             scanned=work.scanned, unchanged=work.unchanged, failed=list(work.failed)
         )
@@ -256,7 +281,13 @@ class Indexer:
             index = self.home.load_index(self.encoder.key, model.id, model.dim)
             same = self.home.generation(model.id) == before
             writer = Writer(
-                self.home, model, index, work.missing, report, generation=before if same else None
+                self.home,
+                model,
+                index,
+                work.missing,
+                report,
+                work.movable,
+                generation=before if same else None,
             )
             self.home.add_libraries([r.path for r in roots if r.exists])
         try:
@@ -268,6 +299,7 @@ class Indexer:
             if writer is not None:
                 writer.save()
             report.seconds = time.perf_counter() - started
+        warn_kept(work.kept, writer.moved_ids if writer is not None else set())
         return report
 
     def _embed_all(

@@ -56,6 +56,34 @@ class Settings(BaseSettings):
         "file, and its decoded pixels take memory in the server.",
     )
     include_hidden: bool = Field(False, description="Index hidden files and folders too.")
+    watch_quiet: float = Field(
+        1.5,
+        gt=0,
+        le=600,
+        description="`watch`: seconds without a new file event before indexing starts, so "
+        "that a copy of many photos is one run.",
+    )
+    watch_max_delay: float = Field(
+        30.0,
+        gt=0,
+        le=86400,
+        description="`watch`: indexing starts at most this long after the first event, even "
+        "while events keep coming (a long copy is indexed as it goes).",
+    )
+    watch_polling: bool = Field(
+        False,
+        description="`watch`: find changes by rescanning the folders instead of file-system "
+        "events (network shares send none for changes made by other machines).",
+    )
+    watch_poll_interval: float = Field(
+        5.0, ge=0.5, le=3600, description="`watch`: seconds between rescans when polling."
+    )
+    watch_rescan: float = Field(
+        3600.0,
+        ge=0,
+        description="`watch`: seconds between full catch-up runs, in case file events were "
+        "lost (0: never).",
+    )
 
     captioner: str = Field(
         "nlpconnect/vit-gpt2-image-captioning",

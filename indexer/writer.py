@@ -48,6 +48,7 @@ class Writer:
         index: VectorIndex,
         missing: dict[int, str],
         report: IndexReport,
+        movable: dict[int, str] | None = None,
         checkpoint_seconds: float = 120.0,
         *,
         generation: int | None,
@@ -62,9 +63,12 @@ class Writer:
         self.index = index
         self.report = report
         self.missing = dict(missing)
+        # Rows whose files are gone, then rows kept although their files were not found
+        # (see `Plan.movable`): a new file with their content is their move.
         self._missing_by_hash: dict[str, list[int]] = {}
-        for row_id, digest in missing.items():
+        for row_id, digest in [*(movable or {}).items(), *missing.items()]:
             self._missing_by_hash.setdefault(digest, []).append(row_id)
+        self.moved_ids: set[int] = set()
         self._dirty = False
         self._last_save = time.monotonic()
         self._checkpoint = checkpoint_seconds
@@ -87,11 +91,12 @@ class Writer:
         touched: list[int] = []
         vecs: list[np.ndarray] = []
         unplaced: list[Prepared] = []
-        saved = self._counts()
+        saved, moved = self._counts(), set(self.moved_ids)
         try:
             self._transaction(batch, fresh, dim, touched, vecs, unplaced)
         except BaseException:
             self._restore(saved)  # the transaction rolled back; the caller may retry
+            self.moved_ids = moved
             raise
         ids = np.asarray(touched, np.int64)
         # Rows that existed may already be in the index with an older vector.
@@ -169,6 +174,7 @@ class Writer:
             self.missing.pop(row_id, None)
             row = s.get_one(Image, row_id)
             self.report.moved += 1
+            self.moved_ids.add(row_id)
         else:
             row = Image(path=entry.path)
             s.add(row)

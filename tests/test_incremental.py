@@ -5,6 +5,7 @@ Tests taking the `database` fixture run on SQLite and on PostgreSQL (tests/conft
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -15,7 +16,7 @@ from sqlalchemy import func, select
 from indexer.db import Embedding, Image
 from indexer.home import Home
 from indexer.settings import Settings
-from tests.helpers import picture, run_cli
+from tests.helpers import make_photos, picture, run_cli
 
 
 def _rows(settings: Settings | None = None) -> dict[str, int]:
@@ -98,6 +99,26 @@ def test_moved_file_keeps_its_id_and_embedding(env, database, photos: Path, caps
     rows = _rows()
     assert rows[str(new)] == old_id and str(old) not in rows
     assert old_id in _faiss_ids()
+
+
+def test_photos_moved_out_of_a_folder_they_empty_keep_their_ids(
+    env, database, photos: Path, capsys, caplog
+) -> None:
+    """An inbox sorted into dated folders: the empty inbox looks like an unmounted drive, so
+    its rows are kept, but the same photos found elsewhere are their moves, not twins."""
+    inbox, dated = photos / "inbox", photos / "2024"
+    make_photos(inbox, 3, start=50)
+    _index(capsys, photos)
+    ids = {p.name: _rows()[str(p)] for p in inbox.iterdir()}
+    dated.mkdir()
+    for p in list(inbox.iterdir()):
+        shutil.move(p, dated / p.name)
+    with caplog.at_level(logging.WARNING):
+        summary = _index(capsys, photos)
+    assert (summary["moved"], summary["added"], summary["removed"]) == (3, 0, 0)
+    assert not [r.getMessage() for r in caplog.records if "keeping them" in r.getMessage()]
+    rows = _rows()
+    assert len(rows) == 15 and {name: rows[str(dated / name)] for name in ids} == ids
 
 
 def test_identical_files_are_embedded_once(env, database, photos: Path, capsys) -> None:
