@@ -14,6 +14,7 @@ import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -33,6 +34,8 @@ CONNECT_TIMEOUT = 5.0
 #: Most CPUs one embedding actor takes: past this, more actors use a node better than more
 #: threads in one (and a lost actor loses less work).
 MAX_ACTOR_CPUS = 4
+#: Memory reserved per read task (bytes).
+READ_MEMORY = 256 << 20
 #: Files per read task: what a killed worker loses at most, per task it was running.
 FILES_PER_TASK = 16
 INSTALL_HINT = (
@@ -74,26 +77,38 @@ class Cluster:
     """A Ray cluster to index on: `auto`, `local`, `host:port` or `ray://host:port`."""
 
     def __init__(self, address: str) -> None:
-        if importlib.util.find_spec("ray") is None:
+        try:
+            found = importlib.util.find_spec("ray") is not None
+        except (ImportError, ValueError):  # a broken or blocked install
+            found = False
+        if not found:
             raise ClusterUnavailable(INSTALL_HINT)
         self.address = address.strip()
         if not self.address:
             raise ClusterUnavailable("the Ray address is empty: use auto, local or host:port")
+        if self.address not in ("auto", "local"):
+            # At once, even when the run turns out to have nothing to read: a wrong address
+            # is said before the scan, not in a later run.
+            _check_answers(self.address)
 
     def connect(self) -> None:
         """Join (or, for `local`, start) the cluster; one clear error if that fails."""
         # Ray, started under `uv run`, would have every worker run `uv run` in a copy of this
         # folder: minutes of start-up, and not the environment the cluster's nodes run.
         os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+        if not log.isEnabledFor(logging.INFO):
+            # Ray's core prints its internal warnings on this terminal; the run's own
+            # failures come through as exceptions (one line each).
+            os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+        if self.address != "local":
+            _use_token_if_any()  # read when Ray is imported
         import ray
 
         if ray.is_initialized():
             return
-        if self.address not in ("auto", "local"):
-            _check_answers(self.address)
         options: dict[str, Any] = {
             "include_dashboard": False,
-            "logging_level": logging.WARNING,
+            "logging_level": logging.INFO if log.isEnabledFor(logging.DEBUG) else logging.ERROR,
             # The workers' output would go through this terminal; their failures reach the
             # summary (a file's error) or one line (the run's), so it stays off unless -v.
             "log_to_driver": log.isEnabledFor(logging.INFO),
@@ -105,7 +120,9 @@ class Cluster:
             ray.init(**options)
         except ConnectionError as exc:
             raise ClusterUnavailable(
-                f"no Ray cluster at {self.address}: {_first_line(exc)}"
+                f"cannot join the Ray cluster at {self.address}: {_first_line(exc)} (a cluster "
+                "started by `ray start` also needs its token here: RAY_AUTH_TOKEN, or the file "
+                "~/.ray/auth_token copied from its head node)"
             ) from None
         except RuntimeError as exc:
             if "version mismatch" in str(exc).lower():
@@ -136,12 +153,12 @@ class Cluster:
         import ray.data
 
         self.connect()
+        logging.getLogger("ray.data").setLevel(
+            logging.INFO if log.isEnabledFor(logging.DEBUG) else logging.ERROR
+        )
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # pixsearch draws its own
         context.print_on_execution_start = False
-        logging.getLogger("ray.data").setLevel(
-            logging.INFO if log.isEnabledFor(logging.DEBUG) else logging.WARNING
-        )
         pool = self.pool(settings.ray_actors)
         log.info("embedding on %s", pool)
         # Ray Data ships the stage's arguments to the workers once, with the stage itself.
@@ -160,6 +177,10 @@ class Cluster:
                     "max_pixels": settings.max_image_pixels,
                 },
                 num_cpus=pool.read_cpus,
+                # Bounds the decodes running at once on a node (a large photo takes hundreds
+                # of MB while decoded); it also keeps reading out of the embedding actors
+                # (Ray Data would fuse stages of equal resources), so both stages overlap.
+                memory=READ_MEMORY,
             )
             .map_batches(
                 Embedder,
@@ -223,6 +244,19 @@ def _check_answers(address: str) -> None:
             f"no answer in {CONNECT_TIMEOUT:g} s" if isinstance(exc, TimeoutError) else str(exc)
         )
         raise ClusterUnavailable(f"no Ray cluster answers at {address}: {reason}") from None
+
+
+def _use_token_if_any() -> None:
+    """Join with Ray's authentication token when this machine has one: clusters started by
+    `ray start` require it by default, but a joining process sends it only if told to."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    if (
+        os.environ.get("RAY_AUTH_TOKEN")
+        or os.environ.get("RAY_AUTH_TOKEN_PATH")
+        or (Path.home() / ".ray" / "auth_token").is_file()
+    ):
+        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,0 +1,253 @@
+"""`pixsearch index --ray`: a real Ray cluster on this machine (one for the whole test run),
+compared with a local run, and killed in its parts mid-run."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from tests.helpers import ROOT, make_photos, run_cli, run_subprocess
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[tuple[str, dict[str, str], psutil.Process]]:
+    """A Ray head on 127.0.0.1 with 2 CPUs, as `ray start --head` starts one: (its address,
+    the environment a driver needs to join it, the `ray start` process)."""
+    port = _free_port()
+    # Short: Ray's Unix sockets live under it (their paths may not exceed 107 bytes).
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    # A token of this cluster's own, not the one in ~/.ray: drivers find it in the environment.
+    env = {"RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    log = open(Path(temp) / "start.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("ray")),
+            "start",
+            "--head",
+            f"--port={port}",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--temp-dir={temp}",
+            "--block",
+        ],
+        env={**os.environ, **env, "RAY_AUTH_MODE": "token", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while "Ray runtime started" not in (Path(temp) / "start.log").read_text():
+            assert proc.poll() is None, (Path(temp) / "start.log").read_text()
+            assert time.monotonic() < deadline, "ray start did not start in 180 s"
+            time.sleep(0.5)
+        yield f"127.0.0.1:{port}", env, psutil.Process(proc.pid)
+    finally:
+        proc.terminate()  # `ray start --block` stops what it started
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # its own session: only what it started
+            proc.wait()
+        log.close()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _vectors(capsys: pytest.CaptureFixture[str], home: Path, out: Path) -> dict[str, np.ndarray]:
+    res = run_cli(capsys, "--home", str(home), "export", "--out", str(out))
+    assert res.code == 0, res.err
+    data = np.load(out)
+    return dict(zip(data["paths"].tolist(), data["embeddings"], strict=True))
+
+
+def _count(home: Path) -> tuple[int, int]:
+    """(image rows, distinct paths) in a home's database, read as another process would."""
+    db = home / "pixsearch.db"
+    if not db.exists():
+        return 0, 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+            row = conn.execute("SELECT count(*), count(DISTINCT path) FROM images").fetchone()
+            return int(row[0]), int(row[1])
+    except sqlite3.OperationalError:  # not created yet
+        return 0, 0
+
+
+def test_ray_run_equals_local_run(
+    ray_cluster: tuple[str, dict[str, str], psutil.Process],
+    env: dict[str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    address, ray_env, _ = ray_cluster
+    folder = tmp_path / "photos"
+    make_photos(folder, 36)
+    make_photos(folder, 4, start=100, fmt="PNG")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
+    local = run_cli(capsys, "index", str(folder), "--json")
+    assert local.code == 0, local.err
+    ray_home = tmp_path / "ray-home"
+    res = run_subprocess(
+        "--home", str(ray_home), "index", str(folder), "--json", "--ray", address, env=ray_env
+    )
+    assert res.code == 0, res.err
+    got, want = res.json(), local.json()
+    assert isinstance(got, dict) and isinstance(want, dict)
+    for key in ("scanned", "added", "updated", "unchanged", "moved", "removed"):
+        assert got[key] == want[key], key
+    assert got["added"] == 40
+    # The broken file fails on the worker as it does here, with the same reason and where.
+    [failure] = got["failed"]
+    [local_failure] = want["failed"]
+    assert failure["path"] == local_failure["path"] == str(folder / "broken.jpg")
+    assert failure["error"].startswith(local_failure["error"])
+    assert "on Ray node" in failure["error"]
+    mine = _vectors(capsys, Path(env["PIXSEARCH_HOME"]), tmp_path / "local.npz")
+    theirs = _vectors(capsys, ray_home, tmp_path / "ray.npz")
+    assert sorted(mine) == sorted(theirs)
+    cosines = [float(mine[p] @ theirs[p]) for p in mine]
+    assert min(cosines) >= 0.999
+
+    # A second run through the cluster reads nothing: everything is unchanged.
+    again = run_subprocess(
+        "--home", str(ray_home), "index", str(folder), "--json", "--ray", address, env=ray_env
+    )
+    assert again.code == 0, again.err
+    summary = again.json()
+    assert isinstance(summary, dict)
+    assert (summary["added"], summary["unchanged"]) == (0, 40)
+
+
+def _actors(head: psutil.Process) -> list[psutil.Process]:
+    """The cluster's embedding actors (Ray names their processes after the stage)."""
+    found = []
+    for p in head.children(recursive=True):
+        try:
+            if "MapWorker" in " ".join(p.cmdline()) and "Embedder" in " ".join(p.cmdline()):
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
+def _wait(what: str, test: object, proc: subprocess.Popen[str], limit: float = 240) -> None:
+    deadline = time.monotonic() + limit
+    while not test():  # type: ignore[operator]
+        if proc.poll() is not None:
+            return
+        assert time.monotonic() < deadline, f"waited {limit} s for {what}"
+        time.sleep(0.2)
+
+
+def test_worker_then_driver_killed_mid_run_and_resumed(
+    ray_cluster: tuple[str, dict[str, str], psutil.Process], env: dict[str, str], tmp_path: Path
+) -> None:
+    address, ray_env, head = ray_cluster
+    folder = tmp_path / "photos"
+    make_photos(folder, 60)
+    home = Path(env["PIXSEARCH_HOME"])
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "index", str(folder), "--json", "--ray", address],
+        cwd=ROOT,
+        env={**os.environ, **ray_env, "PIXSEARCH_BATCH_SIZE": "2"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # An embedding actor dies (kill -9) once the first results are written ...
+        _wait("the first rows", lambda: _count(home)[0] > 0 and _actors(head), driver)
+        assert driver.poll() is None, driver.communicate()
+        for actor in _actors(head):
+            actor.kill()
+        written = _count(home)[0]
+        # ... and Ray starts another, which goes on with the work: more rows arrive.
+        _wait("rows after the actor was killed", lambda: _count(home)[0] > written, driver)
+        if driver.poll() is None:
+            driver.kill()  # then the driver itself dies, mid-run
+            killed_driver = True
+        else:
+            killed_driver = False
+        _, err = driver.communicate(timeout=60)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    if not killed_driver:
+        # It ended by itself: then it finished, or said in one line why not.
+        assert driver.returncode == 0 or len(err.strip().splitlines()) == 1, err
+    assert _count(home)[0] > written
+    rows_before = _count(home)[0]
+
+    resumed = run_subprocess("index", str(folder), "--json", "--ray", address, env=ray_env)
+    assert resumed.code == 0, resumed.err
+    summary = resumed.json()
+    assert isinstance(summary, dict)
+    assert summary["failed"] == []
+    # Only what the killed run had not written is added now; nothing twice.
+    assert summary["added"] == 60 - rows_before
+    assert summary["unchanged"] == rows_before
+    assert _count(home) == (60, 60)
+    status = run_subprocess("status", "--json")
+    info = status.json()
+    assert isinstance(info, dict)
+    assert info["images"] == info["indexed_with_model"] == 60
+
+
+def test_unreachable_address_is_one_line_and_writes_nothing(
+    env: dict[str, str], photos: Path
+) -> None:
+    port = _free_port()  # nothing listens there
+    started = time.monotonic()
+    res = run_subprocess("index", str(photos), "--ray", f"127.0.0.1:{port}")
+    assert res.code != 0
+    assert time.monotonic() - started < 60
+    [line] = res.err.strip().splitlines()
+    assert f"no Ray cluster answers at 127.0.0.1:{port}" in line
+    assert not Path(env["PIXSEARCH_HOME"]).exists()
+    bad = run_subprocess("index", str(photos), env={"PIXSEARCH_RAY_ADDRESS": "nowhere"})
+    assert bad.code != 0
+    assert bad.err.strip().splitlines() == [
+        "pixsearch: error: not a Ray address: 'nowhere' (use auto, local, host:port or "
+        "ray://host:port)"
+    ]
+    assert not Path(env["PIXSEARCH_HOME"]).exists()
+
+
+def test_without_ray_installed_says_how_to_install_it(env: dict[str, str], photos: Path) -> None:
+    # `ray` made unimportable, as in an install without the extra.
+    code = "import sys; sys.modules['ray'] = None; from api.cli import main; main(sys.argv[1:])"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "index", str(photos), "--ray", "auto"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    [line] = proc.stderr.strip().splitlines()
+    assert "uv sync --extra ray" in line
+    assert not Path(env["PIXSEARCH_HOME"]).exists()
