@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -125,14 +126,7 @@ class Cluster:
                 "~/.ray/auth_token copied from its head node)"
             ) from None
         except RuntimeError as exc:
-            if "version mismatch" in str(exc).lower():
-                raise ClusterUnavailable(
-                    f"the Ray cluster at {self.address} runs another version of Ray or Python "
-                    f"than this machine (ray {ray.__version__}): {_first_line(exc)}"
-                ) from None
-            raise ClusterUnavailable(
-                f"cannot join the Ray cluster at {self.address}: {_first_line(exc)}"
-            ) from None
+            raise join_error(self.address, exc) from None
         resources = ray.cluster_resources()
         log.info("joined the Ray cluster at %s: %s", self.address, resources)
 
@@ -244,6 +238,19 @@ def _check_answers(address: str) -> None:
             f"no answer in {CONNECT_TIMEOUT:g} s" if isinstance(exc, TimeoutError) else str(exc)
         )
         raise ClusterUnavailable(f"no Ray cluster answers at {address}: {reason}") from None
+
+
+def join_error(address: str, exc: RuntimeError) -> ClusterUnavailable:
+    """Ray's error on joining a cluster as one line; its version mismatch says which versions."""
+    text = str(exc)
+    found = re.findall(r"Ray: (\S+)\s+Python: (\S+)", text)
+    if text.startswith("Version mismatch") and len(found) == 2:
+        (ray_there, py_there), (ray_here, py_here) = found
+        return ClusterUnavailable(
+            f"the Ray cluster at {address} runs Ray {ray_there} on Python {py_there}, this "
+            f"machine Ray {ray_here} on Python {py_here}: install the same versions on both"
+        )
+    return ClusterUnavailable(f"cannot join the Ray cluster at {address}: {_first_line(exc)}")
 
 
 def _use_token_if_any() -> None:

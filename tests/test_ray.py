@@ -251,3 +251,21 @@ def test_without_ray_installed_says_how_to_install_it(env: dict[str, str], photo
     [line] = proc.stderr.strip().splitlines()
     assert "uv sync --extra ray" in line
     assert not Path(env["PIXSEARCH_HOME"]).exists()
+
+
+def test_version_mismatch_is_one_line_naming_both_versions() -> None:
+    from ray._private.utils import check_version_info
+
+    from indexer.cluster import join_error
+
+    # Ray's own check, given a cluster that reports other versions than this process's.
+    with pytest.raises(RuntimeError) as caught:
+        check_version_info({"ray_version": "2.9.3", "python_version": "3.10.4"}, "here")
+    message = str(join_error("head:6379", caught.value))
+    [line] = message.splitlines()
+    assert "the Ray cluster at head:6379 runs Ray 2.9.3 on Python 3.10.4" in line
+    import platform
+
+    import ray
+
+    assert f"this machine Ray {ray.__version__} on Python {platform.python_version()}" in line
