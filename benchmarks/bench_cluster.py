@@ -96,6 +96,7 @@ class HeadNode:
     def __init__(self, cpus: int, temp: Path) -> None:
         self.port = _free_port()
         self.token = secrets.token_hex(16)
+        temp.mkdir(parents=True, exist_ok=True)
         self.log = temp / "head.log"
         self.proc = subprocess.Popen(
             [
@@ -199,6 +200,7 @@ def main() -> None:
                     head.stop()
             else:
                 results[side] = two_nodes(folder, work, env)
+            common.log(f"{side}: {results[side]}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     base = results.get("local", {}).get("images_per_second")

@@ -120,10 +120,15 @@ class Cluster:
         try:
             ray.init(**options)
         except ConnectionError as exc:
+            # An address that answered (`_check_answers`) but refused us: most often the token.
+            hint = (
+                " (a cluster started by `ray start` also needs its token here: RAY_AUTH_TOKEN, "
+                "or the file ~/.ray/auth_token copied from its head node)"
+                if self.address not in ("auto", "local")
+                else ""
+            )
             raise ClusterUnavailable(
-                f"cannot join the Ray cluster at {self.address}: {_first_line(exc)} (a cluster "
-                "started by `ray start` also needs its token here: RAY_AUTH_TOKEN, or the file "
-                "~/.ray/auth_token copied from its head node)"
+                f"cannot join the Ray cluster at {self.address}: {_first_line(exc)}{hint}"
             ) from None
         except RuntimeError as exc:
             raise join_error(self.address, exc) from None

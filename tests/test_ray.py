@@ -20,7 +20,7 @@ import numpy as np
 import psutil
 import pytest
 
-from tests.helpers import ROOT, make_photos, run_cli, run_subprocess
+from tests.helpers import ROOT, make_photos, run_cli, run_subprocess, unprivileged
 
 
 def _free_port() -> int:
@@ -32,7 +32,9 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[tuple[str, dict[str, str], psutil.Process]]:
     """A Ray head on 127.0.0.1 with 2 CPUs, as `ray start --head` starts one: (its address,
-    the environment a driver needs to join it, the `ray start` process)."""
+    the environment a driver needs to join it, the `ray start` process). Its processes obey
+    file permissions as an ordinary user's do (see `unprivileged`), so that a test can show
+    them a file that the driver, run as root, can see and read but they cannot."""
     port = _free_port()
     # Short: Ray's Unix sockets live under it (their paths may not exceed 107 bytes).
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
@@ -56,6 +58,7 @@ def ray_cluster() -> Iterator[tuple[str, dict[str, str], psutil.Process]]:
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        **unprivileged(),
     )
     try:
         deadline = time.monotonic() + 180
@@ -67,7 +70,7 @@ def ray_cluster() -> Iterator[tuple[str, dict[str, str], psutil.Process]]:
     finally:
         proc.terminate()  # `ray start --block` stops what it started
         try:
-            proc.wait(60)
+            proc.wait(20)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)  # its own session: only what it started
             proc.wait()
@@ -106,6 +109,10 @@ def test_ray_run_equals_local_run(
     make_photos(folder, 36)
     make_photos(folder, 4, start=100, fmt="PNG")
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
+    # A photo that the driver sees, but that the cluster's processes may not read.
+    [secret] = make_photos(tmp_path / "secret", 1, start=200)
+    secret = secret.rename(folder / "secret.jpg")
+    secret.chmod(0)
     local = run_cli(capsys, "index", str(folder), "--json")
     assert local.code == 0, local.err
     ray_home = tmp_path / "ray-home"
@@ -115,29 +122,26 @@ def test_ray_run_equals_local_run(
     assert res.code == 0, res.err
     got, want = res.json(), local.json()
     assert isinstance(got, dict) and isinstance(want, dict)
-    for key in ("scanned", "added", "updated", "unchanged", "moved", "removed"):
+    for key in ("scanned", "updated", "unchanged", "moved", "removed"):
         assert got[key] == want[key], key
+    assert got["scanned"] == 42
     assert got["added"] == 40
-    # The broken file fails on the worker as it does here, with the same reason and where.
-    [failure] = got["failed"]
-    [local_failure] = want["failed"]
-    assert failure["path"] == local_failure["path"] == str(folder / "broken.jpg")
-    assert failure["error"].startswith(local_failure["error"])
-    assert "on Ray node" in failure["error"]
+    failed = {f["path"]: f["error"] for f in got["failed"]}
+    local_failed = {f["path"]: f["error"] for f in want["failed"]}
+    assert sorted(failed) == [str(folder / "broken.jpg"), str(secret)]
+    # The broken file fails on a worker as it does here, with the same reason, and where.
+    broken = str(folder / "broken.jpg")
+    assert failed[broken].startswith(local_failed[broken])
+    assert "on Ray node" in failed[broken]
+    # The driver could read the secret photo (as root) or not; the workers could not.
+    assert "permission denied" in failed[str(secret)].lower()
+    assert want["added"] == 40 + (str(secret) not in local_failed)
     mine = _vectors(capsys, Path(env["PIXSEARCH_HOME"]), tmp_path / "local.npz")
     theirs = _vectors(capsys, ray_home, tmp_path / "ray.npz")
+    mine.pop(str(secret), None)
     assert sorted(mine) == sorted(theirs)
     cosines = [float(mine[p] @ theirs[p]) for p in mine]
     assert min(cosines) >= 0.999
-
-    # A second run through the cluster reads nothing: everything is unchanged.
-    again = run_subprocess(
-        "--home", str(ray_home), "index", str(folder), "--json", "--ray", address, env=ray_env
-    )
-    assert again.code == 0, again.err
-    summary = again.json()
-    assert isinstance(summary, dict)
-    assert (summary["added"], summary["unchanged"]) == (0, 40)
 
 
 def _actors(head: psutil.Process) -> list[psutil.Process]:
@@ -269,3 +273,20 @@ def test_version_mismatch_is_one_line_naming_both_versions() -> None:
     import ray
 
     assert f"this machine Ray {ray.__version__} on Python {platform.python_version()}" in line
+
+
+def test_actor_pool_leaves_a_cpu_for_reading_and_uses_every_gpu() -> None:
+    from indexer.cluster import Pool, plan_pool
+
+    # A small machine: one actor, on all CPUs but the one left to the read tasks.
+    assert plan_pool(2, 0, 2) == Pool(actors=1, cpus=1, gpus=0, read_cpus=1)
+    assert plan_pool(4, 0, 4) == Pool(actors=1, cpus=3, gpus=0, read_cpus=1)
+    # Bigger ones: actors of at most 4 CPUs, none larger than the smallest node.
+    assert plan_pool(16, 0, 16) == Pool(actors=3, cpus=4, gpus=0, read_cpus=1)
+    assert plan_pool(16, 0, 2) == Pool(actors=7, cpus=2, gpus=0, read_cpus=1)
+    # One CPU: reading and embedding share it (neither could start otherwise).
+    assert plan_pool(1, 0, 1) == Pool(actors=1, cpus=0.5, gpus=0, read_cpus=0.5)
+    # GPUs: one actor per GPU.
+    assert plan_pool(32, 4, 16) == Pool(actors=4, cpus=1, gpus=1, read_cpus=1)
+    # Asked for: that many actors, sharing the CPUs.
+    assert plan_pool(16, 0, 16, wanted=5) == Pool(actors=5, cpus=3, gpus=0, read_cpus=1)
