@@ -64,12 +64,14 @@ def plan_pool(cpus: float, gpus: float, smallest_node: float, wanted: int = 0) -
     `smallest_node` CPUs: one GPU actor per GPU, or CPU actors on all CPUs but one (left to
     the read tasks), at least one actor."""
     if cpus < 2:  # one CPU: reading and embedding must share it, or neither could start
-        return Pool(max(1, wanted), 0.5, 0, 0.5)
+        return Pool(1, 0.5, 0, 0.5)
+    # More actors than the cluster can place would never start, and the run would wait.
     if gpus >= 1:
-        return Pool(wanted or int(gpus), 1, 1, 1)
+        return Pool(min(wanted, int(gpus)) if wanted else int(gpus), 1, 1, 1)
     usable = max(1, int(cpus) - 1)
     per_actor = max(1, min(MAX_ACTOR_CPUS, usable, int(smallest_node) or 1))
     if wanted:
+        wanted = min(wanted, usable)
         per_actor = max(1, min(per_actor, usable // wanted))
     return Pool(wanted or max(1, usable // per_actor), per_actor, 0, 1)
 

@@ -324,3 +324,6 @@ def test_actor_pool_leaves_a_cpu_for_reading_and_uses_every_gpu() -> None:
     assert plan_pool(32, 4, 16) == Pool(actors=4, cpus=1, gpus=1, read_cpus=1)
     # Asked for: that many actors, sharing the CPUs.
     assert plan_pool(16, 0, 16, wanted=5) == Pool(actors=5, cpus=3, gpus=0, read_cpus=1)
+    # More than fit: as many as fit.
+    assert plan_pool(2, 0, 2, wanted=8) == Pool(actors=1, cpus=1, gpus=0, read_cpus=1)
+    assert plan_pool(8, 2, 8, wanted=8) == Pool(actors=2, cpus=1, gpus=1, read_cpus=1)
