@@ -79,4 +79,12 @@ info = json.load(sys.stdin)
 if info['indexed_with_model'] != 6:
     sys.exit(f'wheel smoke: unexpected status {info}')
 "
+# Ray is an extra the default install lacks: --ray then says how to get it, in one line.
+if err=$("$tmp/venv/bin/pixsearch" index "$tmp/pictures" --ray auto 2>&1); then
+  echo "wheel smoke: index --ray worked without Ray installed"; exit 1
+fi
+case "$err" in
+  *"uv sync --extra ray"*) ;;
+  *) echo "wheel smoke: index --ray without Ray said: $err"; exit 1 ;;
+esac
 echo "wheel smoke: installed wheel indexed 6 pictures ($((SECONDS - started)) s)"
