@@ -189,8 +189,8 @@ class Cluster:
                 batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=pool.actors),
                 fn_constructor_kwargs={
-                    "model": settings.model,
-                    "pretrained": settings.pretrained,
+                    "model": _absolute(settings.model),
+                    "pretrained": _absolute(settings.pretrained),
                     "device": settings.device,
                     "precision": settings.precision,
                     "threads": max(1, int(pool.cpus)),
@@ -227,6 +227,12 @@ def _results(batch: dict[str, np.ndarray], jobs: list[Job]) -> Results:
         if batch["has_pixels"][i]:
             fresh[digest] = np.asarray(batch["vector"][i], np.float32)
     return done, fresh
+
+
+def _absolute(name: str) -> str:
+    """A model or checkpoint given as a file, as an absolute path: workers run elsewhere."""
+    path = Path(name).expanduser()
+    return str(path.absolute()) if path.exists() else name
 
 
 def _check_answers(address: str) -> None:
