@@ -96,4 +96,12 @@ report = json.loads(sys.argv[1])
 if report['added'] != 6 or report.get('captioned') != 6:
     sys.exit(f'wheel smoke: the demo model did not index and caption: {report}')
 " "$out"
+# Ray is an extra the default install lacks: --ray then says how to get it, in one line.
+if err=$("$tmp/venv/bin/pixsearch" index "$tmp/pictures" --ray auto 2>&1); then
+  echo "wheel smoke: index --ray worked without Ray installed"; exit 1
+fi
+case "$err" in
+  *"uv sync --extra ray"*) ;;
+  *) echo "wheel smoke: index --ray without Ray said: $err"; exit 1 ;;
+esac
 echo "wheel smoke: installed wheel indexed 6 pictures, and with the demo model captioned them ($((SECONDS - started)) s)"

@@ -63,12 +63,22 @@ def index(
     captions: Annotated[
         bool, typer.Option("--captions", help="Also caption every image (PIXSEARCH_CAPTIONER).")
     ] = False,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help="Read and embed on a Ray cluster: auto, local, or host:port "
+            "[PIXSEARCH_RAY_ADDRESS].",
+        ),
+    ] = None,
 ) -> None:
     """Index photos: new files are added, changed ones updated, moved ones followed.
 
     With --captions, images without a stored caption get one (and the summary says how
     many were written)."""
     from indexer.captioners.base import CaptionStore, caption_missing, load_captioner
+    from indexer.cluster import Cluster
     from indexer.encoder import get_encoder
     from indexer.errors import InvalidInput
     from indexer.home import Home
@@ -79,7 +89,10 @@ def index(
         extra["batch_size"] = batch_size
     if workers is not None:
         extra["workers"] = workers
+    if ray is not None:
+        extra["ray_address"] = ray
     cfg = settings(**extra)
+    cluster = Cluster(cfg.ray_address) if cfg.ray_address else None
     encoder = get_encoder(cfg)
     captioner = None
     if captions:
@@ -91,7 +104,7 @@ def index(
     home = Home(cfg)
     bar = ProgressBar() if sys.stderr.isatty() else None
     try:
-        report = Indexer(home, encoder, progress=bar).run([str(p) for p in paths])
+        report = Indexer(home, encoder, progress=bar, cluster=cluster).run([str(p) for p in paths])
     finally:
         if bar is not None:
             bar.stop()

@@ -219,22 +219,7 @@ class ClipEncoder:
 
     def prepare(self, img: PILImage.Image) -> Pixels:
         """Resize and crop an RGB image exactly as open_clip's transforms do, as uint8."""
-        size = self.preprocess.size
-        w, h = img.size
-        # A read-only view of Pillow's pixels: copying 1000x750 costs ~2.5 ms here.
-        pixels = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
-        if self.preprocess.resize_mode == "squash":
-            return _resize_bicubic(pixels, size, size)
-        # torchvision's Resize(size) then CenterCrop(size), with the same rounding.
-        if w <= h:
-            new_w, new_h = size, int(size * h / w)
-        else:
-            new_w, new_h = int(size * w / h), size
-        if (new_w, new_h) != (w, h):
-            pixels = _resize_bicubic(pixels, new_w, new_h)
-        top = round((new_h - size) / 2.0)
-        left = round((new_w - size) / 2.0)
-        return np.ascontiguousarray(pixels[top : top + size, left : left + size])
+        return prepare_pixels(img, self.preprocess)
 
     def embed_pixels(self, pixels: Pixels) -> Embeddings:
         """Embed prepared pictures (n, S, S, 3) uint8 into unit-norm float32 rows."""
@@ -268,6 +253,27 @@ class ClipEncoder:
         with torch.inference_mode():
             out = _encode_text(model, tokens, self._tokenizer)
         return _normalise(out)
+
+
+def prepare_pixels(img: PILImage.Image, preprocess: Preprocess) -> Pixels:
+    """Resize and crop an RGB image as open_clip's transforms do, as uint8: needs only the
+    model's `Preprocess`, not the model (Ray workers prepare pixels without loading it)."""
+    size = preprocess.size
+    w, h = img.size
+    # A read-only view of Pillow's pixels: copying 1000x750 costs ~2.5 ms here.
+    pixels = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+    if preprocess.resize_mode == "squash":
+        return _resize_bicubic(pixels, size, size)
+    # torchvision's Resize(size) then CenterCrop(size), with the same rounding.
+    if w <= h:
+        new_w, new_h = size, int(size * h / w)
+    else:
+        new_w, new_h = int(size * w / h), size
+    if (new_w, new_h) != (w, h):
+        pixels = _resize_bicubic(pixels, new_w, new_h)
+    top = round((new_h - size) / 2.0)
+    left = round((new_w - size) / 2.0)
+    return np.ascontiguousarray(pixels[top : top + size, left : left + size])
 
 
 def _encode_text(model: Any, tokens: torch.Tensor, tokenizer: Any) -> torch.Tensor:

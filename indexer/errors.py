@@ -27,6 +27,11 @@ class InvalidInput(PixsearchError):
     """A request that cannot be answered as asked (bad argument, missing file...)."""
 
 
+class ClusterUnavailable(PixsearchError):
+    """The Ray cluster cannot be used: Ray missing, nothing answering, another Ray version, or
+    the cluster failing mid-run."""
+
+
 class HomeError(PixsearchError):
     """The data folder or its database cannot be used."""
 

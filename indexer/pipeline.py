@@ -6,10 +6,10 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Container, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from sqlalchemy import ColumnElement, or_, select
@@ -17,14 +17,17 @@ from sqlalchemy.exc import DatabaseError, IntegrityError, StatementError
 
 from indexer import homeerrors
 from indexer.db import Embedding, Image
-from indexer.encoder import ClipEncoder
+from indexer.encoder import ClipEncoder, Preprocess, prepare_pixels
 from indexer.errors import UnreadableImage
 from indexer.home import Home
 from indexer.housekeeping import home_lock, remove_stale_temp_files
 from indexer.imageio import DRAFT_OVERSAMPLE, content_hash, decode, max_file_bytes, read_file
 from indexer.scan import EmptyFolder, Root, normalise_roots, scan, under
-from indexer.types import Failure, FileEntry, IndexReport, Job, Prepared
+from indexer.types import Embeddings, Failure, FileEntry, IndexReport, Job, Prepared
 from indexer.writer import Writer
+
+if TYPE_CHECKING:
+    from indexer.cluster import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -183,8 +186,11 @@ def _rows_under(home: Home, roots: Sequence[Root]) -> dict[str, tuple[int, int, 
         return {r[0]: (r[1], r[2], r[3], r[4]) for r in conn.execute(stmt)}
 
 
-def read(job: Job, embedded: set[str], encoder: ClipEncoder, max_pixels: int) -> Prepared | Failure:
-    """The read stage: hash the file, and decode and prepare it unless its content is known.
+def read(
+    job: Job, embedded: Container[str], preprocess: Preprocess, max_pixels: int
+) -> Prepared | Failure:
+    """The read stage: hash the file, and decode and prepare it unless its content is known
+    (`preprocess`: the model's input size and resizing; Ray workers call this too).
 
     Whatever goes wrong with one file is that file's `Failure`: it never stops the run.
     """
@@ -193,9 +199,9 @@ def read(job: Job, embedded: set[str], encoder: ClipEncoder, max_pixels: int) ->
         digest = content_hash(data)
         if digest in embedded:
             return Prepared(job, digest)
-        size = encoder.preprocess.size
+        size = preprocess.size
         img, meta = decode(data, max_pixels=max_pixels, min_side=size * DRAFT_OVERSAMPLE)
-        return Prepared(job, digest, meta, encoder.prepare(img))
+        return Prepared(job, digest, meta, prepare_pixels(img, preprocess))
     except UnreadableImage as exc:
         return Failure(job.entry.path, str(exc))
     except MemoryError:
@@ -209,12 +215,19 @@ class Indexer:
     """Runs indexing passes over folders into a home, with one encoder."""
 
     def __init__(
-        self, home: Home, encoder: ClipEncoder, progress: ProgressSink | None = None
+        self,
+        home: Home,
+        encoder: ClipEncoder,
+        progress: ProgressSink | None = None,
+        cluster: Cluster | None = None,
     ) -> None:
         self.home = home
         self.encoder = encoder
         self.settings = home.settings
         self.progress = progress
+        # Where files are read and embedded: here, or on a Ray cluster (the scan, the plan and
+        # the writes stay here either way).
+        self.cluster = cluster
         self._embedded: set[str] = set()
 
     def _embedded_hashes(self) -> set[str]:
@@ -272,6 +285,8 @@ class Indexer:
         )
         if work.jobs:
             self.encoder.load()  # fails here, before anything is written
+            if self.cluster is not None:
+                self.cluster.connect()  # and so does a cluster that cannot be joined
         writer: Writer | None = None
         if work.jobs or work.missing:
             model = self.home.ensure_model(self.encoder.key, self.encoder.dim)
@@ -307,6 +322,15 @@ class Indexer:
     ) -> None:
         if self.progress is not None:
             self.progress.start(len(jobs))
+        if self.cluster is not None:
+            preprocess = self.encoder.preprocess
+            for done, fresh in self.cluster.embed(jobs, embedded, preprocess, self.settings):
+                report.failed.extend(r for r in done if isinstance(r, Failure))
+                self._advance(sum(isinstance(r, Failure) for r in done))
+                ready = [r for r in done if isinstance(r, Prepared)]
+                if ready:
+                    self._flush(ready, writer, report, fresh)
+            return
         batch: list[Prepared] = []
         decoded = 0
         # The first batches are small, so the model starts as soon as a few photos are
@@ -331,13 +355,14 @@ class Indexer:
         ahead = max(4 * self.settings.batch_size, 2 * workers)
         pending: deque[Future[Prepared | Failure]] = deque()
         limit = self.settings.max_image_pixels
+        preprocess = self.encoder.preprocess
         # Pillow and hashlib release the GIL while decoding and hashing, so threads overlap
         # with each other and with the model, without pickling pixels between processes.
         with ThreadPoolExecutor(workers, thread_name_prefix="pixsearch-read") as pool:
             try:
                 it = iter(jobs)
                 for job in it:
-                    pending.append(pool.submit(read, job, embedded, self.encoder, limit))
+                    pending.append(pool.submit(read, job, embedded, preprocess, limit))
                     if len(pending) >= ahead:
                         yield pending.popleft().result()
                 while pending:
@@ -346,9 +371,16 @@ class Indexer:
                 for fut in pending:
                     fut.cancel()
 
-    def _flush(self, batch: list[Prepared], writer: Writer, report: IndexReport) -> None:
+    def _flush(
+        self,
+        batch: list[Prepared],
+        writer: Writer,
+        report: IndexReport,
+        fresh: dict[str, Embeddings] | None = None,
+    ) -> None:
+        """Embed (unless `fresh` holds the vectors by content hash) and store one batch."""
         try:
-            unplaced = self._write(batch, writer)
+            unplaced = self._write(batch, writer, fresh)
         except (StatementError, ValueError) as exc:
             if not _one_item_error(exc):
                 raise
@@ -358,7 +390,7 @@ class Indexer:
             unplaced = []
             for p in batch:
                 try:
-                    unplaced += self._write([p], writer)
+                    unplaced += self._write([p], writer, fresh)
                 except (StatementError, ValueError) as item_exc:
                     if not _one_item_error(item_exc):
                         raise
@@ -371,7 +403,7 @@ class Indexer:
             limit = self.settings.max_image_pixels
             again: list[Prepared] = []
             for p in unplaced:
-                result = read(p.job, set(), self.encoder, limit)
+                result = read(p.job, set(), self.encoder.preprocess, limit)
                 if isinstance(result, Failure):
                     report.failed.append(result)
                 else:
@@ -382,13 +414,22 @@ class Indexer:
             report.failed.extend(Failure(p.job.entry.path, "could not be stored") for p in lost)
         self._advance(len(batch))
 
-    def _write(self, batch: list[Prepared], writer: Writer) -> list[Prepared]:
-        with_pixels = [p for p in batch if p.pixels is not None]
-        vectors = (
-            self.encoder.embed_pixels(np.stack([p.pixels for p in with_pixels]))  # type: ignore[misc]
-            if with_pixels
-            else None
-        )
+    def _write(
+        self, batch: list[Prepared], writer: Writer, fresh: dict[str, Embeddings] | None = None
+    ) -> list[Prepared]:
+        vectors: Embeddings | None
+        if fresh is not None:  # embedded elsewhere (a Ray worker): one vector per content
+            with_pixels = [p for p in batch if p.content_hash in fresh]
+            vectors = (
+                np.stack([fresh[p.content_hash] for p in with_pixels]) if with_pixels else None
+            )
+        else:
+            with_pixels = [p for p in batch if p.pixels is not None]
+            vectors = (
+                self.encoder.embed_pixels(np.stack([p.pixels for p in with_pixels]))  # type: ignore[misc]
+                if with_pixels
+                else None
+            )
         unplaced = writer.write(batch, with_pixels, vectors)
         # Later copies of the same content in this run need no decoding either.
         self._embedded.update(p.content_hash for p in with_pixels)

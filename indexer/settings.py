@@ -84,6 +84,18 @@ class Settings(BaseSettings):
         description="`watch`: seconds between full catch-up runs, in case file events were "
         "lost (0: never).",
     )
+    ray_address: str | None = Field(
+        None,
+        description="Index on a Ray cluster: `auto` (the running one), `local` (start one on "
+        "this machine), or its address (`host:port`, `ray://host:port`). Unset: no Ray.",
+    )
+    ray_actors: int = Field(
+        0,
+        ge=0,
+        le=4096,
+        description="Embedding actors on the Ray cluster; 0 = one per GPU, or a share of the "
+        "CPUs (at most all but one).",
+    )
 
     captioner: str = Field(
         "nlpconnect/vit-gpt2-image-captioning",
