@@ -87,11 +87,13 @@ class Writer:
         touched: list[int] = []
         vecs: list[np.ndarray] = []
         unplaced: list[Prepared] = []
-        saved = self._counts()
+        saved, generation = self._counts(), self.generation
         try:
             self._transaction(batch, fresh, dim, touched, vecs, unplaced)
         except BaseException:
-            self._restore(saved)  # the transaction rolled back; the caller may retry
+            # The transaction rolled back (its generation bump too); the caller may retry.
+            self._restore(saved)
+            self.generation = generation
             raise
         ids = np.asarray(touched, np.int64)
         # Rows that existed may already be in the index with an older vector.
