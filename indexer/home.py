@@ -27,6 +27,9 @@ from indexer.vectors import Ids, VectorIndex
 log = logging.getLogger(__name__)
 
 
+#: The database kinds pixsearch runs on (SQLAlchemy backend names).
+SUPPORTED_DATABASES = ("sqlite", "postgresql")
+
 #: Index files being rebuilt in the background by this process.
 _rebuilds: set[Path] = set()
 _rebuilds_lock = threading.Lock()
@@ -49,12 +52,15 @@ class Home:
         from sqlalchemy.engine import make_url
 
         try:
-            return make_url(self.settings.db_url).get_backend_name()
+            kind = make_url(self.settings.db_url).get_backend_name()
         except Exception:
             raise HomeError(
                 "PIXSEARCH_DATABASE_URL is not a database URL "
                 "(e.g. postgresql+psycopg://user:password@host/database)"
             ) from None
+        if kind not in SUPPORTED_DATABASES:
+            raise HomeError(f"pixsearch keeps its data in SQLite or PostgreSQL, not {kind}")
+        return kind
 
     @property
     def db_file(self) -> Path | None:

@@ -91,12 +91,14 @@ class Writer:
         touched: list[int] = []
         vecs: list[np.ndarray] = []
         unplaced: list[Prepared] = []
-        saved, moved = self._counts(), set(self.moved_ids)
+        saved, moved, generation = self._counts(), set(self.moved_ids), self.generation
         try:
             self._transaction(batch, fresh, dim, touched, vecs, unplaced)
         except BaseException:
-            self._restore(saved)  # the transaction rolled back; the caller may retry
+            # The transaction rolled back (its generation bump too); the caller may retry.
+            self._restore(saved)
             self.moved_ids = moved
+            self.generation = generation
             raise
         ids = np.asarray(touched, np.int64)
         # Rows that existed may already be in the index with an older vector.

@@ -12,6 +12,7 @@ import itertools
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -68,10 +69,17 @@ class PgServer:
 
     def stop(self) -> None:
         """Stop the server and remove its folder."""
+        pid_file = self.data / "postmaster.pid"
+        pid = int(pid_file.read_text().split()[0]) if pid_file.is_file() else 0
         try:
             self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
-        except subprocess.CalledProcessError as exc:
-            log.warning("stopping the test PostgreSQL failed: %s", exc.stderr)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            log.warning("stopping the test PostgreSQL failed: %s", exc)
+            if pid > 0:  # never leave a server running: its immediate-shutdown signal
+                try:
+                    os.kill(pid, signal.SIGQUIT)
+                except OSError:
+                    pass
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def url(self, database: str = "postgres", driver: str = "psycopg") -> str:

@@ -194,8 +194,9 @@ def test_the_same_folder_twice_is_refused_in_one_line(env, pg_url: str, photos: 
         (lambda s: "postgresql+psycopg://postgres:pw@127.0.0.1:1/pixsearch", "refused"),
         (lambda s: "postgresql+psycopg://postgres:pw@nosuchhost.invalid/pixsearch", "nosuchhost"),
         (lambda s: "postgres-ish://nothing", "not a database URL"),
+        (lambda s: "mysql://root:pw@127.0.0.1/x", "SQLite or PostgreSQL, not mysql"),
     ],
-    ids=["missing-database", "nothing-listening", "unknown-host", "not-a-url"],
+    ids=["missing-database", "nothing-listening", "unknown-host", "not-a-url", "mysql"],
 )
 def test_a_database_that_cannot_be_used_is_one_line(
     env, pg_server, photos: Path, capsys, monkeypatch, make_url, reason: str
