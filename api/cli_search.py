@@ -53,8 +53,8 @@ Cutoff = Annotated[
     bool,
     typer.Option(
         "--cutoff/--no-cutoff",
-        help="Drop hits that score like unrelated photos (as the web page does); off: the k "
-        "closest, however weak.",
+        help="Drop hits that score like unrelated photos, as the web page does (the default); "
+        "--no-cutoff: the k closest, however weak.",
     ),
 ]
 
@@ -138,7 +138,7 @@ def search(
     min_height: MinHeight = None,
     negative: Not = None,
     captions: Captions = False,
-    cutoff: Cutoff = False,
+    cutoff: Cutoff = True,
 ) -> None:
     """Find photos matching a text."""
     from indexer.errors import InvalidInput
@@ -169,7 +169,7 @@ def similar(
     min_height: MinHeight = None,
     negative: Not = None,
     captions: Captions = False,
-    cutoff: Cutoff = False,
+    cutoff: Cutoff = True,
 ) -> None:
     """Find photos similar to an image (an indexed one is its own first hit)."""
     from indexer.errors import NotFound

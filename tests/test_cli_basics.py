@@ -30,7 +30,7 @@ def test_index_then_search_and_similar(env: dict[str, str], photos: Path, capsys
     assert set(summary) == SUMMARY_KEYS
     assert (summary["scanned"], summary["added"], summary["failed"]) == (12, 12, [])
 
-    hits = run_cli(capsys, "search", "a red circle", "-k", "5", "--json").json()
+    hits = run_cli(capsys, "search", "--no-cutoff", "a red circle", "-k", "5", "--json").json()
     assert len(hits) == 5 and all(set(h) == HIT_KEYS for h in hits)
     scores = [h["score"] for h in hits]
     assert scores == sorted(scores, reverse=True)
@@ -38,9 +38,11 @@ def test_index_then_search_and_similar(env: dict[str, str], photos: Path, capsys
     assert {(h["width"], h["height"]) for h in hits} == {(160, 120)}
 
     target = photos / "img_0003.jpg"
-    by_path = run_cli(capsys, "similar", str(target), "-k", "3", "--json").json()
+    by_path = run_cli(capsys, "similar", "--no-cutoff", str(target), "-k", "3", "--json").json()
     assert by_path[0]["path"] == str(target) and by_path[0]["score"] == pytest.approx(1, abs=1e-4)
-    by_id = run_cli(capsys, "similar", str(by_path[0]["id"]), "-k", "3", "--json").json()
+    by_id = run_cli(
+        capsys, "similar", "--no-cutoff", str(by_path[0]["id"]), "-k", "3", "--json"
+    ).json()
     assert by_id == by_path
 
 
@@ -49,7 +51,7 @@ def test_similar_to_an_image_that_is_not_indexed(env, photos: Path, tmp_path: Pa
     # A copy elsewhere is not indexed: it is embedded on the fly and finds its original.
     outside = tmp_path / "outside.jpg"
     outside.write_bytes((photos / "img_0005.jpg").read_bytes())
-    hits = run_cli(capsys, "similar", str(outside), "-k", "1", "--json").json()
+    hits = run_cli(capsys, "similar", "--no-cutoff", str(outside), "-k", "1", "--json").json()
     assert hits[0]["path"] == str(photos / "img_0005.jpg")
     assert hits[0]["score"] > 0.99
 
@@ -57,7 +59,7 @@ def test_similar_to_an_image_that_is_not_indexed(env, photos: Path, tmp_path: Pa
 def test_readable_table_without_json(env, photos: Path, capsys) -> None:
     out = run_cli(capsys, "index", str(photos)).out
     assert "12 scanned: 12 added" in out
-    table = run_cli(capsys, "search", "sunset", "-k", "2").out.splitlines()
+    table = run_cli(capsys, "search", "--no-cutoff", "sunset", "-k", "2").out.splitlines()
     assert table[0].split()[:2] == ["score", "id"] and len(table) == 3
 
 
@@ -78,7 +80,7 @@ def test_status_and_export(env, photos: Path, tmp_path: Path, capsys) -> None:
 
 
 def test_empty_home_gives_one_line_error(env, capsys) -> None:
-    res = run_cli(capsys, "search", "anything")
+    res = run_cli(capsys, "search", "--no-cutoff", "anything")
     assert res.code == 1
     assert res.err.count("\n") == 1 and "pixsearch index" in res.err
 

@@ -76,16 +76,20 @@ def test_index_again_says_nothing_new_and_counts_captions(
 
 def test_search_filters(demo_home: tuple[Path, str], plan: dict[str, DemoPhoto], capsys) -> None:
     home, _ = demo_home
-    hits, _ = _search(capsys, home, "search", "a shape", "-k", "60", "--format", "PNG")
+    hits, _ = _search(
+        capsys, home, "search", "a shape", "-k", "60", "--no-cutoff", "--format", "PNG"
+    )
     assert hits and all(plan[h["path"]].format == "png" for h in hits)
     assert len(hits) == sum(p.format == "png" for p in plan.values())
 
     canon = sum(p.make == "Canon" for p in plan.values())
-    hits, _ = _search(capsys, home, "search", "a shape", "-k", "60", "--camera", "canon")
+    hits, _ = _search(
+        capsys, home, "search", "a shape", "-k", "60", "--no-cutoff", "--camera", "canon"
+    )
     assert len(hits) == canon > 0 and all(plan[h["path"]].make == "Canon" for h in hits)
 
     hits, err = _search(
-        capsys, home, "search", "a shape", "-k", "60", "--after", "2021-01-01",
+        capsys, home, "search", "a shape", "-k", "60", "--no-cutoff", "--after", "2021-01-01",
         "--before", "2021-12-31",
     )  # fmt: skip
     assert hits and all(plan[h["path"]].file_time.year == 2021 for h in hits)
@@ -93,10 +97,14 @@ def test_search_filters(demo_home: tuple[Path, str], plan: dict[str, DemoPhoto],
         assert "no capture date" in err  # said, not silently dropped
 
     folder = home / "photos" / "2022"
-    hits, _ = _search(capsys, home, "search", "a shape", "-k", "60", "--folder", str(folder))
+    hits, _ = _search(
+        capsys, home, "search", "a shape", "-k", "60", "--no-cutoff", "--folder", str(folder)
+    )
     assert hits and all(h["path"].startswith(f"{folder}/") for h in hits)
 
-    hits, _ = _search(capsys, home, "search", "a shape", "-k", "60", "--min-width", "1000")
+    hits, _ = _search(
+        capsys, home, "search", "a shape", "-k", "60", "--no-cutoff", "--min-width", "1000"
+    )
     assert hits and all(h["width"] >= 1000 for h in hits)
     assert len(hits) == sum(p.width >= 1000 for p in plan.values())
 
@@ -115,8 +123,8 @@ def test_search_negatives_captions_and_cutoff(
     right = sum(plan[h["path"]].shape in h["caption"] for h in hits)
     assert right >= 7  # the captions describe the photos
 
-    everything, _ = _search(capsys, home, "search", "a large red circle", "-k", "60")
-    cut, _ = _search(capsys, home, "search", "a large red circle", "-k", "60", "--cutoff")
+    everything, _ = _search(capsys, home, "search", "a large red circle", "-k", "60", "--no-cutoff")
+    cut, _ = _search(capsys, home, "search", "a large red circle", "-k", "60")  # the default
     assert len(everything) == COUNT and 0 < len(cut) < COUNT
     assert plan[cut[0]["path"]].colour == "red"
 

@@ -155,7 +155,7 @@ def test_repeated_sigkill_then_resume_loses_nothing(
 
     info = run_cli(capsys, "status", "--json").json()
     assert info["images"] == TOTAL and info["indexed_with_model"] == TOTAL
-    hits = run_cli(capsys, "search", "x", "-k", str(TOTAL + 10), "--json").json()
+    hits = run_cli(capsys, "search", "--no-cutoff", "x", "-k", str(TOTAL + 10), "--json").json()
     assert sorted(h["id"] for h in hits) == db_ids
 
     # No temporary or half-written file is left behind.
@@ -195,7 +195,7 @@ def test_a_save_killed_midway_leaves_no_temporary_file(env, photos: Path, capsys
     finally:
         sleeper.kill()
         sleeper.wait()
-    hits = run_cli(capsys, "search", "x", "-k", "20", "--json").json()
+    hits = run_cli(capsys, "search", "--no-cutoff", "x", "-k", "20", "--json").json()
     assert len(hits) == 12
 
 

@@ -39,16 +39,18 @@ def test_names_that_are_not_utf8_are_indexed_pruned_and_searched(env, photos: Pa
     summary = run_cli(capsys, "index", str(photos), "--json").json()
     assert summary["removed"] == 1 and summary["unchanged"] == 14 and summary["failed"] == []
 
-    hits = run_cli(capsys, "search", "a photo", "-k", "20", "--json").json()
+    hits = run_cli(capsys, "search", "--no-cutoff", "a photo", "-k", "20", "--json").json()
     paths = {h["path"] for h in hits}  # --json keeps every name exact
     assert {odd, str(newline), os.path.join(odd_folder, "inside.jpg")} <= paths
-    table = run_cli(capsys, "search", "a photo", "-k", "20")
+    table = run_cli(capsys, "search", "--no-cutoff", "a photo", "-k", "20")
     assert table.code == 0
     lines = table.out.splitlines()
     assert len(lines) == len(hits) + 1  # a header, then one line per hit
     assert any(ln.endswith("/two\\nlines.jpg") for ln in lines)
     assert any(ln.endswith("/caf\\xe9-\\xff.jpg") for ln in lines)
-    assert run_cli(capsys, "similar", odd, "-k", "1", "--json").json()[0]["path"] == odd
+    assert (
+        run_cli(capsys, "similar", "--no-cutoff", odd, "-k", "1", "--json").json()[0]["path"] == odd
+    )
 
     # Gone with the folder whose own name is not UTF-8: pruned as well. (A folder that is
     # still there but lists nothing keeps its rows: an unmounted drive looks like that.)

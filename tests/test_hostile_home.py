@@ -31,12 +31,14 @@ def test_a_read_only_home_is_searched_and_refuses_indexing(
     env: dict[str, str], photos: Path
 ) -> None:
     assert run_subprocess("index", str(photos), env=env).code == 0
-    expected = run_subprocess("search", "a photo", "-k", "5", "--json", env=env)
+    expected = run_subprocess("search", "--no-cutoff", "a photo", "-k", "5", "--json", env=env)
     home = Path(env["PIXSEARCH_HOME"])
     before = sorted(p.name for p in home.iterdir())
     _chmod_tree(home, 0o555, 0o444)
     try:
-        got = run_subprocess("search", "a photo", "-k", "5", "--json", env=env, bound=True)
+        got = run_subprocess(
+            "search", "--no-cutoff", "a photo", "-k", "5", "--json", env=env, bound=True
+        )
         assert got.code == 0, got.err
         assert _ids(got.out) == _ids(expected.out)
         status = run_subprocess("status", "--json", env=env, bound=True)
@@ -87,7 +89,7 @@ def test_a_database_that_is_no_file_is_said_so(env, photos: Path, capsys, what: 
         db.mkdir()
     else:
         db.symlink_to(home / "gone.db")
-    for args in (("search", "a cat"), ("status",), ("index", str(photos))):
+    for args in (("search", "--no-cutoff", "a cat"), ("status",), ("index", str(photos))):
         result = run_cli(capsys, *args)
         assert result.code == 1, args
         assert result.err.startswith(f"pixsearch: error: the database {db} is "), result.err
@@ -108,7 +110,7 @@ def test_a_damaged_database_is_one_line_without_sql(env, photos: Path) -> None:
     assert run_subprocess("index", str(photos), env=env).code == 0
     db = Path(env["PIXSEARCH_HOME"]) / "pixsearch.db"
     _damage(db)
-    for args in (("search", "a cat"), ("status",), ("index", str(photos))):
+    for args in (("search", "--no-cutoff", "a cat"), ("status",), ("index", str(photos))):
         result = run_subprocess(*args, env=env)
         assert result.code == 1, (args, result.err)
         lines = result.err.strip().splitlines()
@@ -173,7 +175,7 @@ def test_sqlite_full_disk_is_said_so(env, photos: Path, capsys) -> None:
 @pytest.mark.parametrize("arg", ["99999999999999999999999", "-1", "0"])
 def test_similar_to_an_impossible_id_says_no_such_image(env, photos: Path, capsys, arg) -> None:
     assert run_cli(capsys, "index", str(photos)).code == 0
-    result = run_cli(capsys, "similar", "--", arg)
+    result = run_cli(capsys, "similar", "--no-cutoff", "--", arg)
     assert result.code == 1
     assert result.err.strip() == f"pixsearch: error: no indexed image has id {int(arg)}"
 

@@ -67,7 +67,7 @@ def test_changed_file_is_re_embedded(env, database, photos: Path, capsys) -> Non
     summary = _index(capsys, photos)
     assert (summary["updated"], summary["unchanged"], summary["added"]) == (1, 11, 0)
     assert _rows() == before  # same ids
-    hits = run_cli(capsys, "similar", str(target), "-k", "1", "--json").json()
+    hits = run_cli(capsys, "similar", "--no-cutoff", str(target), "-k", "1", "--json").json()
     assert hits[0]["path"] == str(target) and hits[0]["score"] > 0.999
     # The old content's embedding is gone with it.
     with Home(Settings()).session() as s:
@@ -83,7 +83,7 @@ def test_deleted_file_leaves_database_and_index(env, database, photos: Path, cap
     assert (summary["removed"], summary["unchanged"]) == (1, 11)
     assert str(gone) not in _rows()
     assert gone_id not in _faiss_ids()
-    hits = run_cli(capsys, "search", "x", "-k", "50", "--json").json()
+    hits = run_cli(capsys, "search", "--no-cutoff", "x", "-k", "50", "--json").json()
     assert len(hits) == 11 and str(gone) not in {h["path"] for h in hits}
 
 
@@ -129,7 +129,9 @@ def test_identical_files_are_embedded_once(env, database, photos: Path, capsys) 
     with Home(Settings()).session() as s:
         assert s.scalar(select(func.count()).select_from(Embedding)) == 12
         assert s.scalar(select(func.count()).select_from(Image)) == 15
-    hits = run_cli(capsys, "similar", str(photos / "img_0000.jpg"), "-k", "4", "--json").json()
+    hits = run_cli(
+        capsys, "similar", "--no-cutoff", str(photos / "img_0000.jpg"), "-k", "4", "--json"
+    ).json()
     assert {h["score"] for h in hits} == {hits[0]["score"]}  # the four copies tie
 
 

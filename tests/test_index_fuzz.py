@@ -37,7 +37,7 @@ def test_every_damaged_index_file_is_rebuilt_and_answers_the_same(
     assert run_cli(capsys, "index", str(photos)).code == 0
     path = _index_file(env)
     path.unlink()  # as a rebuild writes it (the run's file says it was built for 8 vectors)
-    expected = run_cli(capsys, "search", "a cat", "-k", "12", "--json").json()
+    expected = run_cli(capsys, "search", "--no-cutoff", "a cat", "-k", "12", "--json").json()
     status = run_cli(capsys, "status", "--json").json()
     good = path.read_bytes()
     rng = np.random.default_rng(15)
@@ -51,7 +51,7 @@ def test_every_damaged_index_file_is_rebuilt_and_answers_the_same(
                 continue
             path.write_bytes(bad)
             if i % 2:
-                got = run_cli(capsys, "search", "a cat", "-k", "12", "--json")
+                got = run_cli(capsys, "search", "--no-cutoff", "a cat", "-k", "12", "--json")
                 assert got.code == 0, (i, got.err)
                 assert got.json() == expected, i
             else:

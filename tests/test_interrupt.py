@@ -42,7 +42,7 @@ def _check_complete(env: dict[str, str], capsys, folder: Path, total: int) -> No
     assert sorted(paths) == sorted(str(p) for p in folder.iterdir())  # each exactly once
     info = run_cli(capsys, "status", "--json").json()
     assert info["indexed_with_model"] == total
-    hits = run_cli(capsys, "search", "x", "-k", str(total + 10), "--json").json()
+    hits = run_cli(capsys, "search", "--no-cutoff", "x", "-k", str(total + 10), "--json").json()
     assert len(hits) == total and len({h["id"] for h in hits}) == total
 
 

@@ -40,7 +40,7 @@ def _index(capsys, folder: Path) -> dict:
 
 
 def _finds_itself_first(capsys, path: Path) -> None:
-    res = run_cli(capsys, "similar", str(path), "-k", "3", "--json")
+    res = run_cli(capsys, "similar", "--no-cutoff", str(path), "-k", "3", "--json")
     assert res.code == 0, res.err
     hits = res.json()
     assert hits[0]["path"] == str(path) and hits[0]["score"] > 0.999, hits  # type: ignore[index]

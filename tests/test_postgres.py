@@ -90,7 +90,10 @@ def test_search_answers_as_on_sqlite(
     env, pg_server, photos: Path, tmp_path: Path, capsys, monkeypatch
 ) -> None:
     run_cli(capsys, "index", str(photos))
-    queries = [("search", "a red square", "-k", "5"), ("similar", str(photos / "img_0003.jpg"))]
+    queries = [
+        ("search", "--no-cutoff", "a red square", "-k", "5"),
+        ("similar", "--no-cutoff", str(photos / "img_0003.jpg")),
+    ]
     on_sqlite = [run_cli(capsys, *q, "--json").json() for q in queries]
     exported = _exported(capsys, tmp_path / "sqlite.npz")
     monkeypatch.setenv("PIXSEARCH_HOME", env["PIXSEARCH_HOME"] + "-pg")
@@ -156,7 +159,7 @@ def test_two_indexing_runs_write_one_database_at_once(
 
     assert _count(home, Image) == 25 and _count(home, Embedding) == 24
     assert sorted(home.libraries()) == sorted([str(a), str(b)])
-    hits = run_cli(capsys, "search", "x", "-k", "50", "--json").json()
+    hits = run_cli(capsys, "search", "--no-cutoff", "x", "-k", "50", "--json").json()
     # Every photo is found; the twin's copy collapses into its original as a duplicate.
     assert len(hits) == 24 and {h["id"] for h in hits} <= set(_ids(home))
     again = run_cli(capsys, "index", str(tmp_path / "lib"), "--json").json()
@@ -202,7 +205,7 @@ def test_a_database_that_cannot_be_used_is_one_line(
     env, pg_server, photos: Path, capsys, monkeypatch, make_url, reason: str
 ) -> None:
     monkeypatch.setenv("PIXSEARCH_DATABASE_URL", make_url(pg_server))
-    for args in [("index", str(photos)), ("search", "x"), ("status",)]:
+    for args in [("index", str(photos)), ("search", "--no-cutoff", "x"), ("status",)]:
         res = run_cli(capsys, *args)
         assert res.code != 0, args
         lines = res.err.strip().splitlines()
