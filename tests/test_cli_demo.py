@@ -113,12 +113,14 @@ def test_search_negatives_captions_and_cutoff(
     demo_home: tuple[Path, str], plan: dict[str, DemoPhoto], capsys
 ) -> None:
     home, _ = demo_home
-    plain, _ = _search(capsys, home, "search", "a circle", "-k", "8")
-    pushed, _ = _search(capsys, home, "search", "a circle", "-k", "8", "--not", "red")
+    plain, _ = _search(capsys, home, "search", "a circle", "-k", "8", "--no-cutoff")
+    pushed, _ = _search(
+        capsys, home, "search", "a circle", "-k", "8", "--no-cutoff", "--not", "red"
+    )
     reds = [sum(plan[h["path"]].colour == "red" for h in hits) for hits in (plain, pushed)]
     assert reds[1] < reds[0]
 
-    hits, _ = _search(capsys, home, "search", "a star", "-k", "10", "--captions")
+    hits, _ = _search(capsys, home, "search", "a star", "-k", "10", "--no-cutoff", "--captions")
     assert all(h["caption"] for h in hits)
     right = sum(plan[h["path"]].shape in h["caption"] for h in hits)
     assert right >= 7  # the captions describe the photos
@@ -161,7 +163,7 @@ def test_a_stale_server_file_is_ignored(
     (home / "server.json").write_text(json.dumps({**stale, "model": "pixsearch-tiny-clip/demo"}))
     try:
         assert find_server(home) is None
-        hits, _ = _search(capsys, home, "search", "a circle", "-k", "3")
+        hits, _ = _search(capsys, home, "search", "a circle", "-k", "3", "--no-cutoff")
     finally:
         (home / "server.json").unlink()
     assert len(hits) == 3 and "answered by the server" not in caplog.text
