@@ -14,7 +14,7 @@ trap 'rm -rf "$tmp"' EXIT
 uv build --wheel --quiet --out-dir "$tmp/dist"
 wheel=$(echo "$tmp"/dist/pixsearch-*.whl)
 .venv/bin/python - "$wheel" <<'EOF'
-import sys, zipfile
+import subprocess, sys, zipfile
 
 names = set(zipfile.ZipFile(sys.argv[1]).namelist())
 needed = [
@@ -27,6 +27,14 @@ needed = [
     "indexer/demo_model/captioner/clipcap_weights.npz",
 ]
 missing = [n for n in needed if n not in names]
+# The web page's files: its ES modules and style sheets load one another by URL, so a file the
+# wheel forgets breaks the page, not an import.
+static = subprocess.run(
+    ["git", "ls-files", "api/static"], capture_output=True, text=True, check=True
+).stdout.split()
+missing += [n for n in static if n not in names]
+if "api/static/app.js" not in static:
+    sys.exit("wheel smoke: git lists no api/static/app.js: run from the checkout")
 versions = [n for n in names if n.startswith("indexer/migrations/versions/") and n.endswith(".py")]
 if missing or not versions:
     sys.exit(f"wheel smoke: the wheel lacks {missing or 'indexer/migrations/versions/*.py'}")
