@@ -1,0 +1,115 @@
+"""`auto` precision on the CPU: calibrate once per (model, CPU), remember it in the home.
+
+The measuring rule is `indexer/precision.py:calibrate`; this module builds the candidates
+from a loaded model and keeps the result (in the home's `precision.json`, and for the process).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from indexer.precision import (
+    Candidate,
+    Choice,
+    ChoiceStore,
+    calibrate,
+    calibration_pixels,
+    cpu_candidates,
+    cpu_signature,
+)
+from indexer.runners import RUNNERS, Parts, TorchRunner
+
+log = logging.getLogger(__name__)
+
+# Choices made in this process (by store key): another encoder of the same model in this
+# process, with another home, does not measure again.
+_made: dict[str, Choice] = {}
+_made_lock = threading.Lock()
+
+
+def int8_cache() -> Path:
+    """Where the int8 graphs are kept: derived from the checkpoints, safe to delete."""
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("pixsearch", appauthor=False)) / "int8"
+
+
+def int8_graph_name(key: str, pretrained: str) -> str:
+    """The int8 graphs' file-name stem for this model and checkpoint."""
+    from indexer.int8 import graph_name
+
+    return graph_name(key, pretrained)
+
+
+def remembered(home: Path | None, model_key: str) -> Choice | None:
+    """The choice made for this model on this CPU (in this process or in `home`), if any."""
+    signature = cpu_signature()
+    store_key = ChoiceStore.key(model_key, signature)
+    with _made_lock:
+        if store_key in _made:
+            return _made[store_key]
+    return ChoiceStore(home).get(model_key, signature) if home is not None else None
+
+
+def calibrated_choice(model: Any, parts: Parts, model_key: str, home: Path | None) -> Choice:
+    """The remembered choice for (model, this CPU), or a new calibration, remembered."""
+    signature = cpu_signature()
+    choice = remembered(home, model_key)
+    if choice is not None and _still_possible(choice.precision):
+        log.info("precision %s remembered for %s on this CPU", choice.precision, model_key)
+        return choice
+    start = time.perf_counter()
+    choice = calibrate_model(model, parts)
+    choice = Choice(choice.precision, choice.reason, choice.trials, signature, time.time())
+    log.info("calibrated %s in %.1f s: %s", model_key, time.perf_counter() - start, choice.reason)
+    with _made_lock:
+        _made[ChoiceStore.key(model_key, signature)] = choice
+    if home is not None:
+        ChoiceStore(home).put(model_key, signature, choice)
+    return choice
+
+
+def calibrate_model(
+    model: Any, parts: Parts, extra: dict[str, Callable[[], Candidate] | str] | None = None
+) -> Choice:
+    """Calibrate the CPU candidates for `model` (float32, on the CPU, not packed; left as
+    it is), plus `extra` ones (tests: a deliberately broken candidate)."""
+    import torch
+
+    from indexer import int8
+    from indexer.encoder import cpu_has_bf16
+
+    # Plain float32 torch, unpacked: what every candidate must agree with.
+    reference = TorchRunner(model, parts, "cpu", torch.float32, pack=False)
+    candidates: dict[str, Callable[[], Candidate] | str] = {}
+    for name, missing in cpu_candidates(cpu_has_bf16(), int8.available()).items():
+        candidates[name] = missing if missing else _builder(name, model, parts)
+    candidates.update(extra or {})
+    pixels = calibration_pixels(parts.preprocess.size)
+    return calibrate(reference, candidates, pixels)
+
+
+def _builder(name: str, model: Any, parts: Parts) -> Callable[[], Candidate]:
+    def build() -> Candidate:
+        # A copy: the candidates convert and pack their model in place.
+        return RUNNERS[name](copy.deepcopy(model), parts, "cpu")  # type: ignore[no-any-return]
+
+    return build
+
+
+def _still_possible(precision: str) -> bool:
+    """Whether a remembered choice can still run (ONNX Runtime may have been uninstalled)."""
+    if precision != "int8":
+        return True
+    from indexer import int8
+
+    missing = int8.available()
+    if missing:
+        log.warning("the remembered int8 precision can't run (%s): measuring again", missing)
+    return missing is None
