@@ -169,7 +169,9 @@ def similar(
 
 @app.command()
 def status(as_json: JsonFlag = False) -> None:
-    """Show the home, the model, how many images are indexed and the index size."""
+    """Show the home, the model, its device and precision (and why), how many images are
+    indexed and the index size."""
+    from indexer.autoprecision import describe
     from indexer.encoder import model_key
     from indexer.home import Home
 
@@ -179,6 +181,7 @@ def status(as_json: JsonFlag = False) -> None:
     info: dict[str, Any] = {
         "home": str(home.path),
         "model": key,
+        **describe(cfg),
         "images": 0,
         "indexed_with_model": 0,
         "index_type": None,
@@ -202,7 +205,17 @@ def status(as_json: JsonFlag = False) -> None:
         typer.echo(json.dumps(info))
         return
     for key_, value in info.items():
+        if key_ == "precision_trials":
+            value = "; ".join(_trial_text(t) for t in value)
         typer.echo(f"{key_:>18}: {value if value is not None else '-'}")
+
+
+def _trial_text(trial: dict[str, Any]) -> str:
+    if trial["refused"] and trial["images_per_second"] is None:
+        return f"{trial['precision']}: {trial['refused']}"
+    speed = f"{trial['precision']} {trial['images_per_second']:.1f} img/s"
+    verdict = f"refused, {trial['refused']}" if trial["refused"] else "kept fidelity"
+    return f"{speed}, min cosine {trial['min_cosine']:.4f}, {verdict}"
 
 
 @app.command()

@@ -11,24 +11,32 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from indexer.errors import ModelUnavailable
 from indexer.precision import (
     Candidate,
     Choice,
     ChoiceStore,
+    available_devices,
     calibrate,
     calibration_pixels,
+    choose_device,
     cpu_candidates,
     cpu_signature,
+    fixed_precision,
+    fixed_reason,
 )
 from indexer.runners import RUNNERS, Parts, TorchRunner
 
+if TYPE_CHECKING:
+    from indexer.settings import Settings
+
 log = logging.getLogger(__name__)
 
-# Choices made in this process (by store key): another encoder of the same model in this
-# process, with another home, does not measure again.
+# Choices made in this process by encoders without a home (tests, benchmarks), by store key.
 _made: dict[str, Choice] = {}
 _made_lock = threading.Lock()
 
@@ -50,11 +58,38 @@ def int8_graph_name(key: str, pretrained: str) -> str:
 def remembered(home: Path | None, model_key: str) -> Choice | None:
     """The choice made for this model on this CPU (in this process or in `home`), if any."""
     signature = cpu_signature()
-    store_key = ChoiceStore.key(model_key, signature)
+    if home is not None:
+        return ChoiceStore(home).get(model_key, signature)
     with _made_lock:
-        if store_key in _made:
-            return _made[store_key]
-    return ChoiceStore(home).get(model_key, signature) if home is not None else None
+        return _made.get(ChoiceStore.key(model_key, signature))
+
+
+def describe(settings: Settings) -> dict[str, Any]:
+    """Which device and precision these settings run in and why, without loading the model
+    (`pixsearch status`)."""
+    from indexer.encoder import model_key
+
+    try:
+        device = choose_device(settings.device, *available_devices())
+        fixed = fixed_precision(settings.precision, device)
+    except ModelUnavailable as exc:
+        return {"device": settings.device, "precision": None, "precision_reason": str(exc)}
+    if fixed is not None:
+        reason = fixed_reason(settings.precision, device)
+        return {"device": device, "precision": fixed, "precision_reason": reason}
+    choice = remembered(settings.home, model_key(settings.model, settings.pretrained))
+    if choice is None:
+        return {
+            "device": device,
+            "precision": None,
+            "precision_reason": "auto: measured when the model is first loaded on this CPU",
+        }
+    return {
+        "device": device,
+        "precision": choice.precision,
+        "precision_reason": choice.reason,
+        "precision_trials": [asdict(t) for t in choice.trials],
+    }
 
 
 def calibrated_choice(model: Any, parts: Parts, model_key: str, home: Path | None) -> Choice:
@@ -68,10 +103,11 @@ def calibrated_choice(model: Any, parts: Parts, model_key: str, home: Path | Non
     choice = calibrate_model(model, parts)
     choice = Choice(choice.precision, choice.reason, choice.trials, signature, time.time())
     log.info("calibrated %s in %.1f s: %s", model_key, time.perf_counter() - start, choice.reason)
-    with _made_lock:
-        _made[ChoiceStore.key(model_key, signature)] = choice
     if home is not None:
         ChoiceStore(home).put(model_key, signature, choice)
+    else:
+        with _made_lock:
+            _made[ChoiceStore.key(model_key, signature)] = choice
     return choice
 
 

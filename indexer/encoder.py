@@ -18,7 +18,12 @@ from indexer.autoprecision import calibrated_choice, int8_cache, int8_graph_name
 from indexer.errors import ModelUnavailable
 from indexer.model_errors import check_tag, load_error
 from indexer.packed import return_freed_memory
-from indexer.precision import Choice, choose_device, fixed_precision
+from indexer.precision import (
+    Choice,
+    available_devices,
+    choose_device,
+    fixed_precision,
+)
 from indexer.runners import Parts, Preprocess
 from indexer.types import Embeddings, Pixels
 
@@ -233,14 +238,6 @@ class _Loaded:
     runner: Any  # a runner of indexer/runners.py
     preprocess: Preprocess
     choice: Choice
-
-
-def available_devices() -> tuple[bool, bool]:
-    """(CUDA, MPS): which accelerators this torch can use."""
-    import torch
-
-    mps = getattr(torch.backends, "mps", None)
-    return torch.cuda.is_available(), bool(mps is not None and mps.is_available())
 
 
 def text_prefix_supported(model: Any) -> bool:

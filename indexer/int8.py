@@ -49,12 +49,16 @@ def available() -> str | None:
 
 
 def graph_name(key: str, checkpoint: str) -> str:
-    """A file-name stem for this model's quantised graphs, changing with its checkpoint."""
+    """A file-name stem for this model's quantised graphs, changing with its checkpoint: its
+    content for files up to 64 MB (cheap to hash), else its path, size and time."""
     stamp = key
     path = Path(checkpoint).expanduser()
     if path.is_file():
         st = path.stat()
-        stamp += f"|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        if st.st_size <= 64 << 20:
+            stamp += "|" + hashlib.sha256(path.read_bytes()).hexdigest()
+        else:
+            stamp += f"|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
     digest = hashlib.sha256(f"{stamp}|{_FORMAT}".encode()).hexdigest()[:16]
     return f"{key.replace('/', '--')}-{digest}"
 

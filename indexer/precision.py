@@ -71,6 +71,21 @@ def fixed_precision(requested: str, device: str) -> str | None:
     return None if device == "cpu" else "fp16"
 
 
+def fixed_reason(requested: str, device: str) -> str:
+    """Why a precision that needs no measurement runs."""
+    if requested == "auto":
+        return f"auto: float16 on {device}"
+    return "forced by PIXSEARCH_PRECISION"
+
+
+def available_devices() -> tuple[bool, bool]:
+    """(CUDA, MPS): which accelerators this torch can use."""
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    return torch.cuda.is_available(), bool(mps is not None and mps.is_available())
+
+
 def cpu_candidates(has_bf16: bool, int8_missing: str | None) -> dict[str, str | None]:
     """Each CPU precision with None when it can run here, else why not."""
     return {
