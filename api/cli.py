@@ -41,7 +41,7 @@ def _global(
     pretrained: Annotated[
         str | None, typer.Option(help="Pretrained tag or checkpoint [PIXSEARCH_PRETRAINED].")
     ] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda [env].")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps [env].")] = None,
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="More logs.")] = 0,
 ) -> None:
     """Flags given here override the PIXSEARCH_* environment variables."""

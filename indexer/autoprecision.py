@@ -70,7 +70,8 @@ def describe(settings: Settings) -> dict[str, Any]:
     from indexer.encoder import model_key
 
     try:
-        device = choose_device(settings.device, *available_devices())
+        found = (False, False) if settings.device == "cpu" else available_devices()
+        device = choose_device(settings.device, *found)
         fixed = fixed_precision(settings.precision, device)
     except ModelUnavailable as exc:
         return {"device": settings.device, "precision": None, "precision_reason": str(exc)}

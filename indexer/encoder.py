@@ -48,8 +48,16 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
 
 
+#: oneDNN instruction-set caps (ONEDNN_MAX_CPU_ISA) below native bfloat16: set to emulate an
+#: older CPU, they make bf16 slow, so `auto` must not consider it.
+_CAPS_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE",
+                      "AVX512_CORE_VNNI"}  # fmt: skip
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU runs bfloat16 matrix work natively (AVX-512 BF16 or AMX)."""
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _CAPS_WITHOUT_BF16:
+        return False
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

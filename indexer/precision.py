@@ -306,4 +306,4 @@ class ChoiceStore:
             tmp.write_text(json.dumps(data, indent=1))
             os.replace(tmp, self.path)
         except OSError as exc:
-            log.warning("cannot remember the precision choice in %s: %s", self.path, exc)
+            log.info("cannot remember the precision choice in %s: %s", self.path, exc)
