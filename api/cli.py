@@ -37,7 +37,7 @@ def _global(
     pretrained: Annotated[
         str | None, typer.Option(help="Pretrained tag or checkpoint [PIXSEARCH_PRETRAINED].")
     ] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda [env].")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps [env].")] = None,
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="More logs.")] = 0,
 ) -> None:
     """Flags given here override the PIXSEARCH_* environment variables."""
@@ -144,7 +144,9 @@ app.command()(cli_demo.demo)
 
 @app.command()
 def status(as_json: JsonFlag = False) -> None:
-    """Show the home, the model, how many images are indexed and the index size."""
+    """Show the home, the model, its device and precision (and why), how many images are
+    indexed and the index size."""
+    from indexer.autoprecision import describe
     from indexer.encoder import model_key
     from indexer.home import Home
     from indexer.lookups import database_bytes
@@ -156,6 +158,7 @@ def status(as_json: JsonFlag = False) -> None:
     info: dict[str, Any] = {
         "home": str(home.path),
         "model": key,
+        **describe(cfg),
         "images": 0,
         "indexed_with_model": 0,
         "index_type": None,
@@ -181,7 +184,17 @@ def status(as_json: JsonFlag = False) -> None:
         typer.echo(json.dumps(info))
         return
     for key_, value in info.items():
+        if key_ == "precision_trials":
+            value = "; ".join(_trial_text(t) for t in value)
         typer.echo(f"{key_:>18}: {value if value is not None else '-'}")
+
+
+def _trial_text(trial: dict[str, Any]) -> str:
+    if trial["refused"] and trial["images_per_second"] is None:
+        return f"{trial['precision']}: {trial['refused']}"
+    speed = f"{trial['precision']} {trial['images_per_second']:.1f} img/s"
+    verdict = f"refused, {trial['refused']}" if trial["refused"] else "kept fidelity"
+    return f"{speed}, min cosine {trial['min_cosine']:.4f}, {verdict}"
 
 
 @app.command()

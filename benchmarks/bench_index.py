@@ -9,9 +9,11 @@ Two photo sets:
 
 For each set it times, each run in a fresh process (as a user runs it), alternating sides:
 
-- ``pixsearch``: ``Indexer.run`` into a fresh home: scan, threaded read + reduced-scale
-  decode + resize, model in its automatic precision (bf16 on AVX-512 BF16 CPUs), SQLite
-  writes, FAISS index, final save;
+- ``pixsearch <precision>``: ``Indexer.run`` into a fresh home: scan, threaded read +
+  reduced-scale decode + resize, model in that precision, SQLite writes, FAISS index, final
+  save; one side per precision this CPU and install offer (``--precisions``: fp32, bf16 where
+  the CPU has native bfloat16, int8 where ONNX Runtime is installed), each with its minimum
+  cosine to pixsearch's float32 embeddings of the same 32 photos;
 - ``open_clip``: the plain pipeline a user would write: list the folder, full Pillow decode,
   open_clip's own preprocessing transforms, float32 model, batches of 32, one process, the
   embeddings written to an .npy file at the end.
@@ -32,6 +34,8 @@ machine are noisy: compare the ratios from one run, not absolute numbers across 
     uv run python benchmarks/bench_index.py                 # table
     uv run python benchmarks/bench_index.py --json          # JSON
     uv run python benchmarks/bench_index.py --sets small --repeat 2
+    ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 uv run python \
+        benchmarks/bench_index.py --precisions fp32   # torch paths as on an AVX2-only CPU
 """
 
 from __future__ import annotations
@@ -39,7 +43,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -50,6 +53,7 @@ from typing import Any
 
 import common
 import numpy as np
+from baseline import Baseline, cpu_seconds
 from ceiling import measure as measure_ceiling
 from ceiling import print_ceiling
 
@@ -61,12 +65,6 @@ def list_photos(folder: Path) -> list[Path]:
     from indexer.imageio import IMAGE_EXTENSIONS
 
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
-def cpu_seconds() -> float:
-    """CPU time (user + system) of this process and all its threads so far."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def make_large(sources: list[Path], out: Path, megapixels: float) -> list[Path]:
@@ -89,7 +87,8 @@ def make_large(sources: list[Path], out: Path, megapixels: float) -> list[Path]:
 
 
 def run_pixsearch(folder: Path, checkpoint: Path, work: Path, args: argparse.Namespace) -> dict:
-    """Index `folder` into a fresh home; the timed part is `Indexer.run`."""
+    """Index `folder` into a fresh home in `args.precision`; the timed part is `Indexer.run`.
+    Then embed the first 32 photos again and leave the vectors in `args.vectors` (fidelity)."""
     from indexer.encoder import get_encoder
     from indexer.home import Home
     from indexer.pipeline import Indexer
@@ -102,7 +101,12 @@ def run_pixsearch(folder: Path, checkpoint: Path, work: Path, args: argparse.Nam
     if args.workers:
         extra["workers"] = args.workers
     settings = Settings(
-        home=home_dir, model=args.model, pretrained=str(checkpoint), device="cpu", **extra
+        home=home_dir,
+        model=args.model,
+        pretrained=str(checkpoint),
+        device="cpu",
+        precision=args.precision,
+        **extra,
     )
     encoder = get_encoder(settings).load()
     encoder.embed_pixels(np.zeros((2, encoder.preprocess.size, encoder.preprocess.size, 3), "u1"))
@@ -112,69 +116,29 @@ def run_pixsearch(folder: Path, checkpoint: Path, work: Path, args: argparse.Nam
     if report.failed:
         raise SystemExit(f"pixsearch failed on {len(report.failed)} files: {report.failed[:3]}")
     shutil.rmtree(home_dir, ignore_errors=True)
+    np.save(args.vectors, sample_vectors(encoder, folder))
     return {
         "images": report.added,
         "seconds": seconds,
         "images_per_second": report.added / seconds,
         "cpu_seconds": cpu,
         "images_per_cpu_second": report.added / cpu,
-        "precision": str(encoder.dtype).removeprefix("torch."),
+        "precision": encoder.precision,
         "batch_size": settings.batch_size,
         "workers": settings.workers or os.cpu_count(),
     }
 
 
-class Baseline:
-    """The plain open_clip pipeline: full decode, open_clip transforms, fp32, batch 32."""
+def sample_vectors(encoder: Any, folder: Path, count: int = 32) -> np.ndarray:
+    """`encoder`'s embeddings of the first `count` photos in `folder` (read as pixsearch does)."""
+    from indexer.imageio import DRAFT_OVERSAMPLE, decode
 
-    def __init__(self, model: str, checkpoint: Path, batch_size: int = 32) -> None:
-        import open_clip
-        import torch
-
-        self.torch = torch
-        self.model, _, self.preprocess = open_clip.create_model_and_transforms(
-            model, pretrained=str(checkpoint)
-        )
-        self.model.eval()
-        self.batch_size = batch_size
-        with torch.no_grad():  # warm up
-            self.model.encode_image(torch.zeros(2, 3, 224, 224))
-
-    def run(self, folder: Path, out: Path) -> dict:
-        from PIL import Image
-
-        torch = self.torch
-        start, cpu = time.perf_counter(), cpu_seconds()
-        paths = []
-        for dirpath, _, files in os.walk(folder):
-            paths += [
-                os.path.join(dirpath, f)
-                for f in sorted(files)
-                if f.lower().endswith((".jpg", ".jpeg", ".png"))
-            ]
-        chunks = []
-        with torch.no_grad():
-            for i in range(0, len(paths), self.batch_size):
-                batch = torch.stack(
-                    [
-                        self.preprocess(Image.open(p).convert("RGB"))
-                        for p in paths[i : i + self.batch_size]
-                    ]
-                )
-                emb = self.model.encode_image(batch)
-                chunks.append(torch.nn.functional.normalize(emb, dim=-1).numpy())
-        np.save(out, np.concatenate(chunks))
-        seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
-        return {
-            "images": len(paths),
-            "seconds": seconds,
-            "images_per_second": len(paths) / seconds,
-            "cpu_seconds": cpu,
-            "images_per_cpu_second": len(paths) / cpu,
-            "precision": "float32",
-            "batch_size": self.batch_size,
-            "workers": 1,
-        }
+    side = encoder.preprocess.size * DRAFT_OVERSAMPLE
+    pixels = [
+        encoder.prepare(decode(p.read_bytes(), max_pixels=10**9, min_side=side)[0])
+        for p in list_photos(folder)[:count]
+    ]
+    return encoder.embed_pixels(np.stack(pixels))  # type: ignore[no-any-return]
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -182,7 +146,7 @@ def worker(args: argparse.Namespace) -> None:
     checkpoint = Path(args.checkpoint)
     folder = Path(args.folder)
     work = Path(tempfile.mkdtemp(prefix="run-", dir=args.work))
-    if args.worker == "pixsearch":
+    if args.worker.startswith("pixsearch"):
         result = run_pixsearch(folder, checkpoint, work, args)
     else:
         result = Baseline(args.model, checkpoint).run(folder, work / "baseline.npy")
@@ -191,12 +155,14 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def spawn(side: str, folder: Path, checkpoint: Path, work: Path, args: argparse.Namespace,
-          env: dict[str, str]) -> dict:  # fmt: skip
+          env: dict[str, str], precision: str = "auto",
+          vectors: Path | None = None) -> dict:  # fmt: skip
     """Run one side in a fresh process."""
     cmd = [
         sys.executable, __file__, "--worker", side, "--folder", str(folder), "--checkpoint",
         str(checkpoint), "--work", str(work), "--model", args.model,
         "--batch-size", str(args.batch_size), "--workers", str(args.workers),
+        "--precision", precision, "--vectors", str(vectors or work / "unused.npy"),
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode:
@@ -224,8 +190,15 @@ def main() -> None:
     parser.add_argument(
         "--baseline-passive", action="store_true", help="also run the baseline with passive OMP"
     )
+    parser.add_argument(
+        "--precisions",
+        default="all",
+        help="comma-separated pixsearch precisions, or all (those this CPU and install offer)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--worker", choices=["pixsearch", "open_clip"], help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="auto", help=argparse.SUPPRESS)
+    parser.add_argument("--vectors", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -238,7 +211,8 @@ def main() -> None:
     if not sources:
         raise SystemExit(f"no photos in {args.photos}")
     work = Path(tempfile.mkdtemp(prefix="pixsearch-bench-"))
-    sides = ["pixsearch"]
+    precisions = available_precisions(args.precisions)
+    sides = [f"pixsearch {p}" for p in precisions]
     if not args.skip_baseline:
         sides.append("open_clip")
         if args.baseline_passive:
@@ -263,6 +237,7 @@ def main() -> None:
             sets["12mp"] = large_dir
 
         results: dict[str, dict[str, list[dict]]] = {}
+        fidelity: dict[str, dict[str, float]] = {}
         for name, folder in sets.items():
             runs: dict[str, list[dict]] = {side: [] for side in sides}
             for rep in range(args.repeat):
@@ -271,39 +246,51 @@ def main() -> None:
                     env = dict(os.environ)
                     if side == "open_clip+passive":
                         env["OMP_WAIT_POLICY"] = "PASSIVE"
-                    kind = "pixsearch" if side == "pixsearch" else "open_clip"
-                    runs[side].append(spawn(kind, folder, checkpoint, work, args, env))
+                    if side.startswith("pixsearch"):
+                        precision = side.split()[1]
+                        vectors = work / f"{name}-{precision}.npy"
+                        run = spawn("pixsearch", folder, checkpoint, work, args, env, precision,
+                                    vectors)  # fmt: skip
+                    else:
+                        run = spawn("open_clip", folder, checkpoint, work, args, env)
+                    runs[side].append(run)
             results[name] = runs
+            fidelity[name] = min_cosines(work, name, precisions)
         ceiling = None
         if not args.skip_ceiling:
             common.log("measuring this machine's ceiling (GEMM peak, model, reading)")
             ceiling = measure_ceiling(
-                args.model, checkpoint, {n: list_photos(f) for n, f in sets.items()}
+                args.model, checkpoint, {n: list_photos(f) for n, f in sets.items()}, precisions
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
+    baselines = [side for side in sides if not side.startswith("pixsearch")]
+    ours = [side for side in sides if side.startswith("pixsearch")]
     summary = []
     for name, runs in results.items():
-        entry: dict[str, Any] = {"set": name, "images": runs["pixsearch"][0]["images"]}
+        entry: dict[str, Any] = {"set": name, "images": runs[ours[0]][0]["images"]}
         for side, side_runs in runs.items():
             entry[f"{side}_images_per_second"] = max(r["images_per_second"] for r in side_runs)
             entry[f"{side}_images_per_cpu_second"] = max(
                 r["images_per_cpu_second"] for r in side_runs
             )
-        for side in sides[1:]:
-            entry[f"speedup_vs_{side}"] = (
-                entry["pixsearch_images_per_second"] / entry[f"{side}_images_per_second"]
-            )
-            entry[f"cpu_speedup_vs_{side}"] = (
-                entry["pixsearch_images_per_cpu_second"] / entry[f"{side}_images_per_cpu_second"]
-            )
+        for side in ours:
+            entry[f"{side}_min_cosine_to_fp32"] = fidelity[name].get(side.split()[1])
+            for base in baselines:
+                entry[f"{side}_speedup_vs_{base}"] = (
+                    entry[f"{side}_images_per_second"] / entry[f"{base}_images_per_second"]
+                )
+                entry[f"{side}_cpu_speedup_vs_{base}"] = (
+                    entry[f"{side}_images_per_cpu_second"] / entry[f"{base}_images_per_cpu_second"]
+                )
         if ceiling:
             bound = ceiling["sets"][name]["end_to_end_bound"]
             entry["ceiling_images_per_second"] = bound
-            entry["pixsearch_share_of_ceiling"] = entry["pixsearch_images_per_second"] / bound
-            for side in sides[1:]:
-                entry[f"ceiling_speedup_vs_{side}"] = bound / entry[f"{side}_images_per_second"]
+            for side in ours:
+                entry[f"{side}_share_of_ceiling"] = entry[f"{side}_images_per_second"] / bound
+            for base in baselines:
+                entry[f"ceiling_speedup_vs_{base}"] = bound / entry[f"{base}_images_per_second"]
         entry["runs"] = runs
         summary.append(entry)
     m = common.machine()
@@ -312,35 +299,65 @@ def main() -> None:
         common.dump_json(payload)
         return
     print(
-        f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, faiss {m['faiss']} "
-        f"{m['faiss_simd']}, load average {m['loadavg']:.1f}; best of {args.repeat} run(s)"
+        f"machine: {m['cpu']} ({m['cpu_class']}; {'+'.join(m['isa'])}), {m['cores']} cores, "
+        f"torch {m['torch']}, faiss {m['faiss']} {m['faiss_simd']}, load average "
+        f"{m['loadavg']:.1f}; best of {args.repeat} run(s)"
     )
-    header = ["set", "images", "side", "img/s", "img/CPU-s", "speedup", "CPU speedup"]
+    header = ["set", "images", "side", "img/s", "img/CPU-s", "min cos fp32"]
+    header += [f"vs {b}" for b in baselines] + [f"CPU vs {b}" for b in baselines]
     rows = []
     for e in summary:
         for side in sides:
-            rows.append(
-                [
-                    e["set"],
-                    e["images"],
-                    side,
-                    e[f"{side}_images_per_second"],
-                    e[f"{side}_images_per_cpu_second"],
-                    "" if side == "pixsearch" else f"{e[f'speedup_vs_{side}']:.2f}x",
-                    "" if side == "pixsearch" else f"{e[f'cpu_speedup_vs_{side}']:.2f}x",
+            row = [e["set"], e["images"], side, e[f"{side}_images_per_second"]]
+            row.append(e[f"{side}_images_per_cpu_second"])
+            cos = e.get(f"{side}_min_cosine_to_fp32")
+            row.append(f"{cos:.4f}" if cos is not None else "")
+            for key in ("speedup", "cpu_speedup"):
+                row += [
+                    f"{e[f'{side}_{key}_vs_{b}']:.2f}x" if side in ours else "" for b in baselines
                 ]
-            )
+            rows.append(row)
     common.print_table(
-        "Indexing throughput, end to end (speedup = pixsearch / that side)", header, rows
+        "Indexing throughput, end to end (vs X = that pixsearch side's img/s / X's)", header, rows
     )
     if ceiling:
         print_ceiling(ceiling)
         for e in summary:
-            best = ", ".join(f"{e[f'ceiling_speedup_vs_{side}']:.2f}x {side}" for side in sides[1:])
+            best = ", ".join(f"{e[f'ceiling_speedup_vs_{b}']:.2f}x {b}" for b in baselines)
+            shares = ", ".join(f"{side} {e[f'{side}_share_of_ceiling']:.0%}" for side in ours)
             print(
-                f"  {e['set']}: pixsearch reaches {e['pixsearch_share_of_ceiling']:.0%} of the "
-                f"ceiling; the ceiling itself is {best or 'n/a'}"
+                f"  {e['set']}: bf16 ceiling {e['ceiling_images_per_second']:.1f} img/s "
+                f"({best or 'n/a'}); reached: {shares}"
             )
+
+
+def available_precisions(wanted: str) -> list[str]:
+    """The precisions to run: `wanted` (comma-separated), or all this CPU and install offer."""
+    from indexer import int8
+    from indexer.encoder import cpu_has_bf16
+    from indexer.precision import cpu_candidates
+
+    if wanted != "all":
+        return [p.strip() for p in wanted.split(",") if p.strip()]
+    offered = cpu_candidates(cpu_has_bf16(), int8.available())
+    for name, why in offered.items():
+        if why:
+            common.log(f"skipping {name}: {why}")
+    return [name for name, why in offered.items() if why is None]
+
+
+def min_cosines(work: Path, name: str, precisions: list[str]) -> dict[str, float]:
+    """Each precision's minimum cosine to the fp32 side's vectors of the same photos."""
+    ref_path = work / f"{name}-fp32.npy"
+    if not ref_path.is_file():
+        return {}
+    ref = np.load(ref_path)
+    out = {}
+    for p in precisions:
+        path = work / f"{name}-{p}.npy"
+        if path.is_file():
+            out[p] = float((np.load(path) * ref).sum(axis=1).min())
+    return out
 
 
 if __name__ == "__main__":

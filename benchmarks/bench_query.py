@@ -217,7 +217,7 @@ def child(args: argparse.Namespace) -> None:
         "rss_before_model_bytes": rss_start,
         "index_kind": index.kind,
         "index_nprobe": index.nprobe,
-        "precision": str(encoder.dtype).removeprefix("torch."),
+        "precision": encoder.precision,
         "torch_threads": __import__("torch").get_num_threads(),
         "text_vectors": qvecs.tolist(),
     }

@@ -74,8 +74,13 @@ def machine() -> dict[str, Any]:
             simd = str(faiss.SIMDConfig.get_level_name())
         except Exception:
             simd = ""
+    from indexer.precision import isa_flags
+
+    flags = isa_flags()
     return {
         "cpu": cpu or platform.processor(),
+        "cpu_class": cpu_class(flags),
+        "isa": flags,
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -84,6 +89,23 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "loadavg": os.getloadavg()[0],
     }
+
+
+def cpu_class(flags: list[str]) -> str:
+    """The CPU class the README's tables are per: AMX, AVX-512 BF16, AVX-512, AVX2, older; with
+    the oneDNN/MKL cap that emulates an older one, if set."""
+    if "amx_bf16" in flags:
+        name = "AMX"
+    elif "avx512_bf16" in flags:
+        name = "AVX-512 BF16"
+    elif "avx512f" in flags:
+        name = "AVX-512"
+    elif "avx2" in flags:
+        name = "AVX2"
+    else:
+        name = "pre-AVX2"
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    return f"{name}, emulating {cap} (ONEDNN_MAX_CPU_ISA; torch only)" if cap else name
 
 
 @contextmanager

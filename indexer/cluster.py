@@ -147,9 +147,17 @@ class Cluster:
         return plan_pool(resources.get("CPU", 1.0), resources.get("GPU", 0.0), smallest, wanted)
 
     def embed(
-        self, jobs: list[Job], embedded: set[str], preprocess: Preprocess, settings: Settings
+        self,
+        jobs: list[Job],
+        embedded: set[str],
+        preprocess: Preprocess,
+        settings: Settings,
+        cpu_precision: str | None = None,
     ) -> Iterator[Results]:
-        """Read and embed `jobs` on the cluster; their results as they come back, in batches."""
+        """Read and embed `jobs` on the cluster; their results as they come back, in batches.
+
+        `cpu_precision`: what CPU actors run when the settings say `auto` (the driver's
+        calibrated choice; GPU actors choose their own)."""
         import ray
         import ray.data
 
@@ -192,7 +200,11 @@ class Cluster:
                     "model": _absolute(settings.model),
                     "pretrained": _absolute(settings.pretrained),
                     "device": settings.device,
-                    "precision": settings.precision,
+                    "precision": (
+                        cpu_precision
+                        if settings.precision == "auto" and cpu_precision and not pool.gpus
+                        else settings.precision
+                    ),
                     "threads": max(1, int(pool.cpus)),
                 },
                 num_cpus=pool.cpus,

@@ -14,10 +14,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from indexer.autoprecision import calibrated_choice, int8_cache, int8_graph_name, remembered
 from indexer.errors import ModelUnavailable
 from indexer.model_errors import check_tag
 from indexer.named_models import named_model
-from indexer.packed import pack_for_cpu
+from indexer.packed import return_freed_memory
+from indexer.precision import (
+    Choice,
+    available_devices,
+    choose_device,
+    fixed_precision,
+)
+from indexer.runners import Parts, Preprocess
 from indexer.types import Embeddings, Pixels
 
 if TYPE_CHECKING:
@@ -41,23 +49,21 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
 
 
+#: oneDNN instruction-set caps (ONEDNN_MAX_CPU_ISA) below native bfloat16: set to emulate an
+#: older CPU, they make bf16 slow, so `auto` must not consider it.
+_CAPS_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE",
+                      "AVX512_CORE_VNNI"}  # fmt: skip
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU runs bfloat16 matrix work natively (AVX-512 BF16 or AMX)."""
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _CAPS_WITHOUT_BF16:
+        return False
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-@dataclass(frozen=True, slots=True)
-class Preprocess:
-    """The model's own preprocessing, as open_clip configures it."""
-
-    size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    resize_mode: str
 
 
 def resolve_model_name(model: str) -> str:
@@ -107,12 +113,14 @@ class ClipEncoder:
         pretrained: str,
         device: str = "auto",
         precision: str = "auto",
+        home: Path | None = None,
         text_only: bool = False,
     ) -> None:
         self.model_name = model
         self.pretrained = pretrained
         self.requested_device = device
         self.requested_precision = precision
+        self.home = home
         #: Loaded without its image tower: embeds texts only (a text query needs no more).
         self.text_only = text_only
         self.key = model_key(model, pretrained)
@@ -122,32 +130,71 @@ class ClipEncoder:
     def from_settings(cls, settings: Settings, text_only: bool = False) -> ClipEncoder:
         """The encoder the settings name (not loaded yet)."""
         return cls(
-            settings.model, settings.pretrained, settings.device, settings.precision, text_only
+            settings.model,
+            settings.pretrained,
+            settings.device,
+            settings.precision,
+            settings.home,
+            text_only,
         )
 
     @cached_property
     def device(self) -> str:
         """The torch device the model runs on."""
-        import torch
+        return choose_device(self.requested_device, *available_devices())
 
-        if self.requested_device == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        if self.requested_device == "cuda" and not torch.cuda.is_available():
-            raise ModelUnavailable("PIXSEARCH_DEVICE=cuda, but no CUDA device is available")
-        return self.requested_device
+    @property
+    def precision(self) -> str:
+        """The precision the model runs in (fp32, bf16, fp16, int8); loads the model."""
+        return self._loaded.choice.precision
 
-    @cached_property
-    def dtype(self) -> torch.dtype:
-        """Compute precision: bf16 on capable CPUs, fp16 on CUDA, else fp32."""
-        import torch
-
-        choice = self.requested_precision
-        if choice == "auto":
-            choice = "fp16" if self.device == "cuda" else "bf16" if cpu_has_bf16() else "fp32"
-        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[choice]
+    @property
+    def choice(self) -> Choice:
+        """Which precision runs, and why (with the calibration's figures); loads the model."""
+        return self._loaded.choice
 
     @cached_property
-    def _model(self) -> Any:
+    def _loaded(self) -> _Loaded:
+        from indexer.runners import RUNNERS
+
+        model = self._create()
+        tokenizer = self._create_tokenizer()
+        name = int8_graph_name(self.key, self.pretrained)
+        preprocess = None if self.text_only else Preprocess.of(model)
+        parts = Parts(preprocess, tokenizer, int8_cache(), name)
+        choice = self._choose(model, parts)
+        runner = RUNNERS[choice.precision](model, parts, self.device)
+        del model
+        return_freed_memory()
+        log.info(
+            "loaded %s%s on %s: %s (%s)",
+            self.key,
+            " (text tower)" if self.text_only else "",
+            self.device,
+            choice.precision,
+            choice.reason,
+        )
+        return _Loaded(runner, preprocess, choice)
+
+    def _choose(self, model: Any, parts: Parts) -> Choice:
+        fixed = fixed_precision(self.requested_precision, self.device)
+        if fixed is not None:
+            why = (
+                "auto: float16 on " + self.device
+                if self.requested_precision == "auto"
+                else ("forced by PIXSEARCH_PRECISION")
+            )
+            return Choice(fixed, why)
+        if self.text_only:
+            # Calibrating needs the image tower: use what a full load chose on this CPU (so
+            # that queries are embedded as the index was), else float32.
+            known = remembered(self.home, self.key)
+            if known is not None:
+                return known
+            return Choice("fp32", "auto: texts only, not calibrated on this CPU yet")
+        return calibrated_choice(model, parts, self.key, self.home)
+
+    def _create(self) -> Any:
         import open_clip
         import torch
 
@@ -172,45 +219,27 @@ class ClipEncoder:
             check_tag(name, pretrained)
         model = build_clip(name, pretrained, named, text_only=self.text_only)
         model.eval()
-        model.to(device=self.device, dtype=self.dtype)
         torch.set_grad_enabled(False)
-        packed = pack_for_cpu(model) if self.device == "cpu" else 0
-        log.info(
-            "loaded %s%s on %s in %s%s",
-            self.key,
-            " (text tower)" if self.text_only else "",
-            self.device,
-            self.dtype,
-            f" ({packed} layers packed for the CPU)" if packed else "",
-        )
         return model
 
-    def load(self) -> ClipEncoder:
-        """Load the model now (it is otherwise loaded on first use)."""
-        with self._lock:
-            _ = self._model
-        return self
-
-    @cached_property
-    def _tokenizer(self) -> Any:
+    def _create_tokenizer(self) -> Any:
         import open_clip
 
         return open_clip.get_tokenizer(resolve_model_name(self.model_name))
 
-    @cached_property
+    def load(self) -> ClipEncoder:
+        """Load the model now (it is otherwise loaded on first use)."""
+        with self._lock:
+            _ = self._loaded
+        return self
+
+    @property
     def preprocess(self) -> Preprocess:
         """The model's input size, normalisation and resize mode."""
-        if self.text_only:
+        preprocess = self.load()._loaded.preprocess
+        if preprocess is None:
             raise RuntimeError(f"encoder {self.key} was loaded for texts only")
-        cfg = getattr(self._model.visual, "preprocess_cfg", {})
-        size = cfg.get("size", self._model.visual.image_size)
-        size = size[0] if isinstance(size, tuple | list) else size
-        return Preprocess(
-            size=int(size),
-            mean=tuple(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))),  # type: ignore[arg-type]
-            std=tuple(cfg.get("std", (0.26862954, 0.26130258, 0.27577711))),  # type: ignore[arg-type]
-            resize_mode=str(cfg.get("resize_mode", "shortest")),
-        )
+        return preprocess
 
     @cached_property
     def dim(self) -> int:
@@ -223,20 +252,7 @@ class ClipEncoder:
 
     def embed_pixels(self, pixels: Pixels) -> Embeddings:
         """Embed prepared pictures (n, S, S, 3) uint8 into unit-norm float32 rows."""
-        import torch
-
-        model = self._model
-        # (n, S, S, 3) viewed as NCHW is already channels_last; one fused multiply-add
-        # normalises it: (x / 255 - mean) / std == x * scale + shift.
-        batch = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device).permute(0, 3, 1, 2)
-        mean, std = self.preprocess.mean, self.preprocess.std
-        scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=self.device)
-        shift = torch.tensor([-m / s for m, s in zip(mean, std, strict=True)], device=self.device)
-        x = torch.addcmul(shift.view(1, 3, 1, 1), batch.float(), scale.view(1, 3, 1, 1))
-        x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            out = model.encode_image(x)
-        return _normalise(out)
+        return self.load()._loaded.runner.embed_pixels(pixels)
 
     def embed_images(self, images: Sequence[PILImage.Image]) -> Embeddings:
         """Embed RGB images (any size) into unit-norm float32 rows."""
@@ -246,13 +262,14 @@ class ClipEncoder:
 
     def embed_texts(self, texts: Sequence[str]) -> Embeddings:
         """Embed texts into unit-norm float32 rows, in the images' space."""
-        import torch
+        return self.load()._loaded.runner.embed_texts(texts)
 
-        model = self._model
-        tokens = self._tokenizer(list(texts)).to(self.device)
-        with torch.inference_mode():
-            out = _encode_text(model, tokens, self._tokenizer)
-        return _normalise(out)
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    runner: Any  # a runner of indexer/runners.py
+    preprocess: Preprocess | None  # None: loaded for texts only
+    choice: Choice
 
 
 def prepare_pixels(img: PILImage.Image, preprocess: Preprocess) -> Pixels:
@@ -276,7 +293,19 @@ def prepare_pixels(img: PILImage.Image, preprocess: Preprocess) -> Pixels:
     return np.ascontiguousarray(pixels[top : top + size, left : left + size])
 
 
-def _encode_text(model: Any, tokens: torch.Tensor, tokenizer: Any) -> torch.Tensor:
+def text_prefix_supported(model: Any) -> bool:
+    """Whether `encode_text_prefix` gives this model's `encode_text` (CLIP text towers with a
+    causal mask, pooled at the end token)."""
+    import open_clip
+
+    return bool(
+        isinstance(model, open_clip.model.CLIP)
+        and getattr(model, "text_pool_type", None) == "argmax"
+        and getattr(model, "attn_mask", None) is not None
+    )
+
+
+def encode_text(model: Any, tokens: torch.Tensor, tokenizer: Any) -> torch.Tensor:
     """`model.encode_text(tokens)`, run only up to the longest text's end token.
 
     Under CLIP's causal mask, the (padding) positions after a text's end token cannot change
@@ -284,21 +313,29 @@ def _encode_text(model: Any, tokens: torch.Tensor, tokenizer: Any) -> torch.Tens
     faster on CPU, same result (exact in float32, within bf16 rounding otherwise).
     Other text towers run whole.
     """
-    import open_clip
-    import torch
-    from open_clip.transformer import text_global_pool
-
-    if not (
-        isinstance(model, open_clip.model.CLIP)
-        and isinstance(tokenizer, open_clip.tokenizer.SimpleTokenizer)
-        and getattr(model, "text_pool_type", None) == "argmax"
-        and getattr(model, "attn_mask", None) is not None
-    ):
+    if not text_cuts(model, tokenizer):
         return model.encode_text(tokens)
     length = int((tokens != 0).sum(dim=1).max())  # SimpleTokenizer pads with 0
     if length >= tokens.shape[1]:
         return model.encode_text(tokens)
-    text = tokens[:, :length]
+    return encode_text_prefix(model, tokens[:, :length])
+
+
+def text_cuts(model: Any, tokenizer: Any) -> bool:
+    """Whether this model's texts may be cut after their end token (`encode_text`)."""
+    import open_clip
+
+    return text_prefix_supported(model) and isinstance(
+        tokenizer, open_clip.tokenizer.SimpleTokenizer
+    )
+
+
+def encode_text_prefix(model: Any, text: torch.Tensor) -> torch.Tensor:
+    """A CLIP text tower on tokens cut after the longest text's end token (any length)."""
+    import torch
+    from open_clip.transformer import text_global_pool
+
+    length = text.shape[1]
     cast_dtype = model.transformer.get_cast_dtype()
     x = model.token_embedding(text).to(cast_dtype)
     x = x + model.positional_embedding[:length].to(cast_dtype)
@@ -327,12 +364,6 @@ def _resize_bicubic(pixels: Pixels, width: int, height: int) -> Pixels:
     return out[0].permute(1, 2, 0).contiguous().numpy()
 
 
-def _normalise(out: torch.Tensor) -> Embeddings:
-    vecs = out.float().cpu().numpy()
-    norms = np.linalg.norm(vecs, axis=1, keepdims=True)
-    return (vecs / np.maximum(norms, 1e-12)).astype(np.float32)
-
-
 _encoders: dict[tuple[str, str, str, str, bool], ClipEncoder] = {}
 _encoders_lock = threading.Lock()
 
@@ -342,8 +373,11 @@ def get_encoder(settings: Settings, text_only: bool = False) -> ClipEncoder:
 
     `text_only`: one without its image tower, for a process that only embeds texts.
     """
-    key = (settings.model, settings.pretrained, settings.device, settings.precision, text_only)
+    key = (settings.model, settings.pretrained, settings.device, settings.precision)
     with _encoders_lock:
-        if key not in _encoders:
-            _encoders[key] = ClipEncoder(*key)
-        return _encoders[key]
+        if (*key, text_only) not in _encoders:
+            # The first home seen keeps the precision choice; the model is the same for all.
+            _encoders[(*key, text_only)] = ClipEncoder(
+                *key, home=settings.home, text_only=text_only
+            )
+        return _encoders[(*key, text_only)]

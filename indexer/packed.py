@@ -254,12 +254,12 @@ def pack_for_cpu(model: nn.Module) -> int:
         return 0
     with torch.no_grad():
         count = _rewrite(model)
-    _return_freed_memory()
+    return_freed_memory()
     log.debug("packed %d modules for CPU inference", count)
     return count
 
 
-def _return_freed_memory() -> None:
+def return_freed_memory() -> None:
     """Hand the heap pages the unpacked weights held back to the OS (glibc only): otherwise
     they stay resident, ~0.18 GiB for ViT-B-32."""
     import ctypes

@@ -324,7 +324,11 @@ class Indexer:
             self.progress.start(len(jobs))
         if self.cluster is not None:
             preprocess = self.encoder.preprocess
-            for done, fresh in self.cluster.embed(jobs, embedded, preprocess, self.settings):
+            # CPU actors run the driver's calibrated precision: no actor calibrates again.
+            cpu_precision = self.encoder.precision if self.encoder.device == "cpu" else None
+            for done, fresh in self.cluster.embed(
+                jobs, embedded, preprocess, self.settings, cpu_precision
+            ):
                 report.failed.extend(r for r in done if isinstance(r, Failure))
                 self._advance(sum(isinstance(r, Failure) for r in done))
                 ready = [r for r in done if isinstance(r, Prepared)]

@@ -40,7 +40,7 @@ def test_embeddings_match_open_clip_float32(tiny_model, size: tuple[int, int]) -
         )
     ref = torch.nn.functional.normalize(ref, dim=-1).numpy()
 
-    enc = ClipEncoder(str(config), str(checkpoint))  # auto precision: bf16 on this kind of CPU
+    enc = ClipEncoder(str(config), str(checkpoint))  # auto precision, as users get it
     s = enc.preprocess.size
     ours = enc.embed_pixels(
         np.stack(
@@ -61,12 +61,13 @@ def test_embeddings_match_open_clip_float32(tiny_model, size: tuple[int, int]) -
     assert (1 - fidelity).max() < 0.25 * nearest_other, (fidelity, nearest_other)
 
 
-def test_precision_follows_the_cpu(tiny_model) -> None:
-    import torch
-
+def test_auto_precision_is_measured_on_the_cpu_and_fp32_can_be_forced(tiny_model) -> None:
     enc = ClipEncoder(str(tiny_model[0]), str(tiny_model[1]), device="cpu")
-    assert enc.dtype == (torch.bfloat16 if cpu_has_bf16() else torch.float32)
-    assert ClipEncoder("x", "y", device="cpu", precision="fp32").dtype == torch.float32
+    trials = {t.precision: t for t in enc.choice.trials}
+    assert enc.precision in trials and trials[enc.precision].refused is None
+    assert (trials["bf16"].refused is None) == cpu_has_bf16()
+    forced = ClipEncoder(str(tiny_model[0]), str(tiny_model[1]), device="cpu", precision="fp32")
+    assert (forced.precision, forced.choice.reason) == ("fp32", "forced by PIXSEARCH_PRECISION")
 
 
 def test_texts_and_images_share_one_unit_space(tiny_model) -> None:

@@ -142,7 +142,7 @@ def test_packed_model_embeds_like_open_clip(tiny_model) -> None:
     config, checkpoint = tiny_model
     plain = open_clip.create_model(config.stem, pretrained=str(checkpoint)).eval()
     enc = ClipEncoder(str(config), str(checkpoint), device="cpu", precision="fp32").load()
-    assert any(type(m).__name__ == "PackedLinear" for m in enc._model.modules())
+    assert any(type(m).__name__ == "PackedLinear" for m in enc._loaded.runner.model.modules())
 
     texts = ["a dog on a beach", "a red square", "sunset"]
     rng = np.random.default_rng(0)
