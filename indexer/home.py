@@ -20,9 +20,11 @@ from sqlalchemy.orm import Session
 from indexer import db, homeerrors
 from indexer.db import Embedding, Image, Library, Model
 from indexer.errors import HomeError
+from indexer.policy import Policy
 from indexer.settings import Settings
 from indexer.types import Embeddings
-from indexer.vectors import Ids, VectorIndex
+from indexer.vecstore import VectorStore
+from indexer.vectors import Ids, VectorIndex, Vectors
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +159,25 @@ class Home:
         """Where the FAISS index of a model is kept."""
         return self.path / f"index-{_slug(key)}.faiss"
 
+    def vectors_path(self, key: str) -> Path:
+        """Where the float16 vector file of a model is kept (see `indexer.vecstore`)."""
+        return self.path / f"vectors-{_slug(key)}.f16"
+
+    @property
+    def policy(self) -> Policy:
+        """Which index kind for which collection size (the settings' thresholds)."""
+        return Policy.from_settings(self.settings)
+
+    def vector_store(self, key: str, model_id: int, dim: int) -> VectorStore | None:
+        """The model's memory-mapped vector file when the collection is large enough to use
+        one (`Settings.vector_file_min`), rebuilt first if missing or stale; else None."""
+        from indexer import derived
+
+        count = self.count_vectors(model_id)
+        if count < self.settings.vector_file_min and not self.vectors_path(key).exists():
+            return None
+        return derived.load_store(self, key, model_id, dim)
+
     def count_vectors(self, model_id: int) -> int:
         """How many images have an embedding for this model."""
         # `model_id + 0` (see `stored_vectors`): counted over the embeddings' primary-key
@@ -212,17 +233,22 @@ class Home:
         `VectorIndex.wants_rebuild`) is returned as it is and rebuilt into a better-suited
         kind, in a background thread unless `background` is False.
         """
+        from indexer.derived import build_source
+
         path = self.index_path(key)
         generation = self.generation(model_id)
         count = self.count_vectors(model_id)
-        index, why = (None, rebuild) if rebuild else VectorIndex.open(path, dim, generation, count)
+        policy = self.policy
+        index, why = (
+            (None, rebuild) if rebuild else VectorIndex.open(path, dim, generation, count, policy)
+        )
         if index is not None:
             reason = index.wants_rebuild()
             if reason is not None:
                 self.rebuild_index(index, key, model_id, dim, reason, background=background)
             return index
-        ids, vecs = self.stored_vectors(model_id, dim)
-        index = VectorIndex.build(dim, ids, vecs)
+        ids, vecs = build_source(self, key, model_id, dim, policy)
+        index = VectorIndex.build(dim, ids, vecs, policy, place=path)
         if path.exists() or count:
             log.warning(
                 "FAISS index %s is %s; rebuilt it from %d stored embeddings", path.name, why, count
@@ -255,10 +281,13 @@ class Home:
                 return
             _rebuilds.add(path)
         snapshot: dict[str, int] = {}
+        policy = self.policy
 
-        def load() -> tuple[Ids, Embeddings]:
+        def load() -> tuple[Ids, Vectors]:
+            from indexer.derived import build_source
+
             before = self.generation(model_id)
-            ids, vecs = self.stored_vectors(model_id, dim)
+            ids, vecs = build_source(self, key, model_id, dim, policy)
             snapshot["generation"] = before if self.generation(model_id) == before else -1
             return ids, vecs
 
@@ -287,7 +316,7 @@ class Home:
             return
         try:
             ids, vecs = load()
-            index.replace_with(VectorIndex.build(dim, ids, vecs))
+            index.replace_with(VectorIndex.build(dim, ids, vecs, policy, place=path))
             done(index, True)
         finally:
             release()

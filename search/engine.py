@@ -16,6 +16,7 @@ from indexer.encoder import ClipEncoder
 from indexer.errors import IndexDamaged, InvalidInput
 from indexer.home import Home
 from indexer.types import Embeddings
+from indexer.vecstore import VectorStore
 from indexer.vectors import Ids, VectorIndex
 from search import rerank
 from search.captions import CaptionService
@@ -39,6 +40,9 @@ BACKGROUND_TTL = 300.0
 PAGE_CACHE_ROWS = 100_000
 #: Indexes at least this large are reloaded in a background thread.
 BACKGROUND_RELOAD = 100_000
+#: A filter allowing at most this many images is answered exactly: their vectors are read
+#: from the vector file and scored, no index involved (10M images: a day or a rare camera).
+EXACT_FILTERED = 20_000
 
 
 def single_threaded_numpy_blas() -> None:
@@ -63,6 +67,7 @@ class _State:
     index: VectorIndex
     generation: int
     background: Embeddings
+    store: VectorStore | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +91,7 @@ class Searcher(QueryVectors):
         super().__init__(home, encoder)
         self.captions = captions
         self._index: VectorIndex | None = None
+        self._store: VectorStore | None = None
         self._generation = -1
         self._lock = threading.Lock()
         self._background: tuple[float, int, Embeddings] | None = None
@@ -145,11 +151,25 @@ class Searcher(QueryVectors):
             return None
         index = self._index_for(model)
         generation = int(model.generation or 0)
-        return _State(model, index, generation, self._background_sample(model, generation))
+        background = self._background_sample(model, generation)
+        return _State(model, index, generation, background, self._store)
 
     def _load(self, model: Model, generation: int) -> None:
         fresh = self.home.load_index(model.name, model.id, model.dim)
-        self._index, self._generation = fresh, generation
+        store = self.home.vector_store(model.name, model.id, model.dim)
+        self._index, self._store, self._generation = fresh, store, generation
+
+    def stored(self, model: Model, ids: Ids) -> tuple[Ids, Embeddings]:
+        """(ids found, their vectors): from the memory-mapped vector file of a large
+        collection (rows it lacks, from the database), else from the database."""
+        store = self._store
+        if store is None or store.dim != model.dim:
+            return self.home.stored_vectors(model.id, model.dim, ids)
+        found, vecs = store.get(ids)
+        if len(found) == len(ids):
+            return found, vecs
+        rest, more = self.home.stored_vectors(model.id, model.dim, np.setdiff1d(ids, found))
+        return np.concatenate([found, rest]), np.concatenate([vecs, more])
 
     def _rebuild(self, model: Model, why: str) -> VectorIndex:
         """A fresh index from the stored embeddings, in place of one that failed."""
@@ -190,7 +210,7 @@ class Searcher(QueryVectors):
         else:
             rng = np.random.default_rng(0)
             pick = np.unique(rng.integers(lo, hi + 1, size=BACKGROUND_SAMPLE))
-            _, vecs = self.home.stored_vectors(model.id, model.dim, pick)
+            _, vecs = self.stored(model, pick)
         self._background = (now, generation, vecs)
         return vecs
 
@@ -307,7 +327,10 @@ class Searcher(QueryVectors):
         # A query with text in it is unlike the image embeddings the index was tuned on.
         unlike = bool((q.text and q.text.strip()) or q.negative)
         try:
-            ids, exhausted = self._retrieve(vec, pool, index, allowed, unlike)
+            if allowed is not None and state.store is not None and len(allowed) <= EXACT_FILTERED:
+                ids, exhausted = allowed, True  # all of them are scored exactly below
+            else:
+                ids, exhausted = self._retrieve(vec, pool, index, allowed, unlike)
         except IndexDamaged as exc:  # rebuilt from the stored embeddings, tried once more
             index = self._rebuild(model, str(exc))
             ids, exhausted = self._retrieve(vec, pool, index, allowed, unlike)
@@ -318,7 +341,7 @@ class Searcher(QueryVectors):
                 extra = np.intersect1d(extra, allowed)
             ids = np.concatenate([ids, extra])
         # Exact re-score against the stored embeddings (the index may be compressed).
-        found, vecs = self.home.stored_vectors(model.id, model.dim, ids)
+        found, vecs = self.stored(model, ids)
         exact = vecs @ vec
         if lexical:
             w = self.settings.lexical_weight

@@ -15,6 +15,7 @@ from indexer.errors import InvalidInput, NotFound
 from indexer.home import Home
 from indexer.imageio import DRAFT_OVERSAMPLE, decode, max_file_bytes, read_file
 from indexer.types import Embeddings
+from indexer.vectors import Ids
 from search.query import Query, unit
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,10 @@ class QueryVectors:
     def model(self) -> Model:
         """The stored model whose vectors indexed images have (the searcher's)."""
         raise NotImplementedError
+
+    def stored(self, model: Model, ids: Ids) -> tuple[Ids, Embeddings]:
+        """(ids found, their stored vectors)."""
+        return self.home.stored_vectors(model.id, model.dim, ids)
 
     def embed_text(self, text: str) -> Embeddings:
         """A text's embedding; repeated queries hit a small cache."""
@@ -72,14 +77,14 @@ class QueryVectors:
         model = model or self.model()
         if isinstance(image, int) or (image.isdigit() and not os.path.exists(image)):
             image_id = int(image)
-            ids, vecs = self.home.stored_vectors(model.id, model.dim, np.asarray([image_id]))
+            ids, vecs = self.stored(model, np.asarray([image_id], np.int64))
             if not len(ids):
                 raise NotFound(f"no indexed image has id {image_id}")
             return vecs[0], image_id
         path = os.path.abspath(os.path.expanduser(image))
         row = self.home.image_by_path(path)
         if row is not None:
-            ids, vecs = self.home.stored_vectors(model.id, model.dim, np.asarray([row.id]))
+            ids, vecs = self.stored(model, np.asarray([row.id], np.int64))
             if len(ids):
                 return vecs[0], row.id
         limit = self.settings.max_image_pixels
