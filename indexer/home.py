@@ -361,7 +361,7 @@ class Home:
 
     def size_on_disk(self) -> int:
         """Bytes used by the home folder's files."""
-        return sum(p.stat().st_size for p in self.path.glob("*") if p.is_file())
+        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
 
     @staticmethod
     def now() -> datetime:

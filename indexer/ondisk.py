@@ -28,10 +28,13 @@ import json
 import logging
 import os
 import shutil
+import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -49,6 +52,8 @@ TRAIN_POINTS_PER_LIST = 16
 PQ_TRAIN_POINTS = 65_536
 #: An HNSW graph over the centroids replaces the flat coarse quantiser from this many lists.
 HNSW_FROM_LISTS = 2048
+#: Training samples smaller than this are clustered on one thread.
+SMALL_SAMPLE = 100_000
 #: Vectors per shard filled by one thread.
 SHARD_ROWS = 1_000_000
 #: Vectors read (and converted to float32) at once.
@@ -247,7 +252,14 @@ def train(kind: str, dim: int, ids: Ids, rows: RowBlocks) -> Any:
     index.pq.cp.max_points_per_centroid = PQ_TRAIN_POINTS // 256
     size = max(nlist * TRAIN_POINTS_PER_LIST, PQ_TRAIN_POINTS)
     started = time.perf_counter()
-    index.train(_sample(ids, rows, size))
+    sample = _sample(ids, rows, size)
+    omp = faiss.omp_get_max_threads()
+    if len(sample) < SMALL_SAMPLE:
+        faiss.omp_set_num_threads(1)  # OpenMP's spinning threads cost more than they give
+    try:
+        index.train(sample)
+    finally:
+        faiss.omp_set_num_threads(omp)
     took = time.perf_counter() - started
     log.info("trained %s on %d vectors in %.1fs", kind, min(size, len(ids)), took)
     return index
@@ -280,16 +292,17 @@ def build(
     order = np.argsort(ids, kind="stable")
     if np.any(order != np.arange(len(ids))):
         raise ValueError("an on-disk index is built from ids in ascending order")
+    # Written in its final place (FAISS records the lists file's path), named by no saved
+    # index file until complete: a crash leaves an unreferenced folder that `prune` removes.
     folder = place.parent / f"{place.name}.ondisk-{uuid.uuid4().hex[:12]}"
-    tmp = place.parent / f".{folder.name}.tmp"
     started = time.perf_counter()
     try:
-        tmp.mkdir(parents=True)
+        folder.mkdir(parents=True)
         trained = train(kind, dim, ids, rows)
-        faiss.write_index(trained, str(tmp / TRAINED_FILE))
+        faiss.write_index(trained, str(folder / TRAINED_FILE))
         n = len(ids)
         shards = [(lo, min(n, lo + SHARD_ROWS)) for lo in range(0, n, SHARD_ROWS)]
-        names = [str(tmp / f"shard-{i}.index") for i in range(len(shards))]
+        names = [str(folder / f"shard-{i}.index") for i in range(len(shards))]
         workers = threads or os.cpu_count() or 1
         omp = faiss.omp_get_max_threads()
         # Threads split the shards; FAISS's own threads would only fight them.
@@ -307,24 +320,24 @@ def build(
         filled = time.perf_counter() - started
         from faiss.contrib.ondisk import merge_ondisk
 
-        empty = faiss.read_index(str(tmp / TRAINED_FILE))
-        merge_ondisk(empty, names, str(tmp / LISTS_FILE))
-        faiss.write_index(empty, str(tmp / BASE_FILE))
+        empty = faiss.read_index(str(folder / TRAINED_FILE))
+        with _quiet_stdout():  # OnDiskInvertedLists reports each resize with printf
+            merge_ondisk(empty, names, str(folder / LISTS_FILE))
+        faiss.write_index(empty, str(folder / BASE_FILE))
         del empty
         for name in names:
             os.unlink(name)
-        np.save(tmp / IDS_FILE, ids)
-        size = (tmp / LISTS_FILE).stat().st_size
-        meta = {"count": n, "dim": dim, "kind": kind, "lists_bytes": size}
-        (tmp / META_FILE).write_text(json.dumps(meta))
-        _fsync_tree(tmp)
-        os.replace(tmp, folder)
+        np.save(folder / IDS_FILE, ids)
+        size = (folder / LISTS_FILE).stat().st_size
+        meta = {"count": n, "dim": dim, "kind": kind, "lists_bytes": size, "built_in": str(folder)}
+        (folder / META_FILE).write_text(json.dumps(meta))
+        _fsync_tree(folder)
         log.info(
             "built %s over %d vectors in %.1fs (%.1fs training and filling %d shards)",
             kind, n, time.perf_counter() - started, filled, len(shards),
         )  # fmt: skip
     except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
         if _is_enospc(exc):
             raise DiskFull(
                 errno.ENOSPC,
@@ -333,6 +346,26 @@ def build(
             ) from None
         raise
     return open_base(folder)
+
+
+@contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """Silence printf to file descriptor 1 (FAISS's on-disk lists chatter on it, and a CLI
+    command's stdout is its JSON); what Python prints goes on through sys.stdout's buffer."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError):  # no stdout at all
+        yield
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(null)
 
 
 def _is_enospc(exc: BaseException) -> bool:
@@ -361,9 +394,12 @@ def open_base(folder: Path, delta: Any = None, tombstones: Ids | None = None) ->
     if lists.stat().st_size != int(meta["lists_bytes"]):
         size = lists.stat().st_size
         raise ValueError(f"{lists.name} is {size} bytes, expected {meta['lists_bytes']}")
-    base = faiss.read_index(
-        str(folder / BASE_FILE), faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY
-    )
+    if meta.get("built_in") == str(folder):
+        base = faiss.read_index(str(folder / BASE_FILE), faiss.IO_FLAG_READ_ONLY)
+    else:  # the home moved: FAISS finds the lists beside the file, and says so with printf
+        with _quiet_stdout():
+            flags = faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY
+            base = faiss.read_index(str(folder / BASE_FILE), flags)
     if base.ntotal != int(meta["count"]):
         raise ValueError(f"holds {base.ntotal} vectors, its meta file says {meta['count']}")
     base.parallel_mode = 1
@@ -438,8 +474,19 @@ def _exact_by_blocks(rows: RowBlocks, q: Embeddings, k: int) -> np.ndarray:
 
 
 def prune(place: Path, keep: Path | None) -> None:
-    """Remove base folders of the index file `place` other than `keep` (a searcher that
-    still maps an old one keeps reading it: its files live on until unmapped)."""
+    """Remove base folders of the index file `place` that no saved file names: complete
+    ones a minute after they were written (a rebuild in another process may be about to
+    name its new one), incomplete ones after six hours (one may still be being written).
+    A searcher that still maps a removed base keeps reading it: its files live on until
+    unmapped."""
+    now = time.time()
     for folder in place.parent.glob(f"{place.name}.ondisk-*"):
-        if folder != keep and folder.is_dir():
+        if folder == keep or not folder.is_dir():
+            continue
+        try:
+            meta = folder / META_FILE
+            age = now - (meta if meta.exists() else folder).stat().st_mtime
+        except OSError:
+            continue
+        if age > (60 if meta.exists() else 6 * 3600):
             shutil.rmtree(folder, ignore_errors=True)
