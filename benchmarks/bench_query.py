@@ -313,7 +313,7 @@ def store_recall(
 ) -> float:
     """`index_recall` for a collection that is not in memory: exact search over the vector
     file's rows in blocks (memory-mapped), candidates re-scored from it."""
-    from indexer.ondisk import _exact_by_blocks
+    from indexer.ondisk_build import _exact_by_blocks
     from indexer.vecstore import StoreRows
     from indexer.vectors import rescore
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from indexer import indexfile, kinds, ondisk
+from indexer import indexfile, kinds, ondisk, ondisk_build
 from indexer.errors import IndexDamaged
 from indexer.faiss_ops import Ids as Ids  # re-exported
 from indexer.faiss_ops import Scores as Scores  # re-exported
@@ -257,10 +257,10 @@ class VectorIndex:
     ) -> VectorIndex:
         rows = ondisk.ArrayRows(vectors) if isinstance(vectors, np.ndarray) else vectors
         started = time.perf_counter()
-        index = ondisk.build(kind, dim, ids, rows, place, p.build_threads)
+        index = ondisk_build.build(kind, dim, ids, rows, place, p.build_threads)
         vi = cls(dim, index, built=len(ids), policy=p, place=place)
         built = time.perf_counter() - started
-        recall = ondisk.tune(
+        recall = ondisk_build.tune(
             index,
             ids,
             rows,

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer import ondisk
+from indexer import ondisk, ondisk_build
 from indexer.encoder import get_encoder, model_key
 from indexer.home import Home
 from indexer.settings import Settings
@@ -179,7 +179,7 @@ def test_a_disk_filling_during_a_build_keeps_the_previous_index(
     def full(*_: object) -> None:
         raise RuntimeError("Error in faiss::FileIOWriter: No space left on device (errno 28)")
 
-    monkeypatch.setattr(ondisk, "_fill_shard", full)
+    monkeypatch.setattr(ondisk_build, "_fill_shard", full)
     with pytest.raises(ondisk.DiskFull) as raised:
         home.load_index(key, model_id, DIM, rebuild="test")
     assert raised.value.errno == errno.ENOSPC
