@@ -255,6 +255,7 @@ def child(args: argparse.Namespace) -> None:
         "cpu_ms_per_query": 1000 * cpu_per_query,
         "first_query_s": first,
         "rss_bytes": common.rss_bytes(),
+        **_rss_parts(),
         "peak_rss_bytes": common.peak_rss_bytes(),
         "rss_before_model_bytes": rss_start,
         "index_kind": index.kind,
@@ -265,6 +266,18 @@ def child(args: argparse.Namespace) -> None:
         **filtered,
     }
     json.dump(out, sys.stdout)
+
+
+def _rss_parts() -> dict[str, int]:
+    """Resident memory by kind: anonymous (the process's own) and file-backed (pages of
+    memory-mapped files it touched: page cache the kernel may drop at any time)."""
+    out = {}
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            for field in ("RssAnon", "RssFile"):
+                if line.startswith(field + ":"):
+                    out[f"{field.lower()}_bytes"] = int(line.split()[1]) * 1024
+    return out
 
 
 def _filtered_queries(searcher: Any, texts: list[str], count: int) -> dict[str, Any]:

@@ -56,9 +56,13 @@ def ordered_ids(home: Home, model_id: int) -> Ids:
         .where((Embedding.model_id + 0) == model_id)
         .order_by(Image.id)
     )
+    parts: list[np.ndarray] = []
     with home.engine.connect() as conn:
-        rows = conn.execute(stmt).cursor.fetchall()
-    return np.array(rows, dtype=np.int64).reshape(-1)
+        cursor = conn.execute(stmt).cursor
+        # A million rows at a time: 10M ids as Python tuples would take a gigabyte.
+        while rows := cursor.fetchmany(1_000_000):
+            parts.append(np.array(rows, dtype=np.int64).reshape(-1))
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
 def load_store(home: Home, key: str, model_id: int, dim: int) -> VectorStore:

@@ -249,7 +249,7 @@ def _exact_by_blocks(rows: RowBlocks, q: Embeddings, k: int) -> np.ndarray:
     best_s = np.full((len(q), 0), -np.inf, np.float32)
     best_i = np.zeros((len(q), 0), np.int64)
     n = len(rows)
-    step = BLOCK_ROWS * 4
+    step = BLOCK_ROWS
     for lo in range(0, n, step):
         s, i = exact_search(rows.block(lo, min(n, lo + step)), q, k)
         best_s = np.concatenate([best_s, s], axis=1)

@@ -37,6 +37,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+#: Product quantisation trains 256 centroids per sub-space: fewer vectors than this never use it.
+MIN_PQ = 1024
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     """When each index kind is used, and what the approximate ones are tuned for."""
@@ -99,7 +103,7 @@ def choose_kind(n: int, dim: int, policy: Policy | None = None) -> str:
     if n <= p.exact_limit:
         return "SQfp16"
     nlist = min(ivf_lists(n), max(1, n // 8))  # only tiny test policies hit the second term
-    if n <= p.pq_limit:
+    if n <= p.pq_limit or n < MIN_PQ:
         return f"IVF{nlist},SQ8"
     if n <= p.ondisk_limit:
         return f"IVF{nlist},PQ{_pq_subquantizers(dim)}"

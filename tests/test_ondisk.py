@@ -21,7 +21,7 @@ from search.engine import Searcher
 from search.query import Filters, Query
 from tests.fakes import synthetic_home
 
-N = 6000
+N = 4000
 DIM = 32  # the tiny model's
 
 
@@ -48,7 +48,7 @@ def _settings(root: Path, tiny_model: tuple[Path, Path]) -> Settings:
 
 @pytest.fixture(scope="module")
 def big(tmp_path_factory: pytest.TempPathFactory, tiny_model: tuple[Path, Path]) -> Settings:
-    """A home of 6,000 photos whose settings make that 'very large': an on-disk index."""
+    """A home of 4,000 photos whose settings make that 'very large': an on-disk index."""
     root = tmp_path_factory.mktemp("ondisk")
     settings = _settings(root / "home", tiny_model)
     synthetic_home(settings, _key(settings), _clustered(N, 0), root / "photos")
@@ -123,7 +123,7 @@ def test_new_and_removed_photos_go_in_without_a_rebuild(big: Settings) -> None:
 
 def test_filtered_searches_keep_to_the_filter_and_fill_the_page(big: Settings) -> None:
     home, index, model_id = _load(big)
-    allowed = np.arange(4000, 4300, dtype=np.int64)  # far from most queries' lists
+    allowed = np.arange(3000, 3300, dtype=np.int64)
     q = _clustered(1, 5)
     _, ids = index.search_subset(q, 40, allowed)
     assert len(ids[0]) == 40 and set(ids[0].tolist()) <= set(allowed.tolist())
@@ -194,3 +194,32 @@ def test_a_disk_filling_during_a_build_keeps_the_previous_index(
     assert [r.getMessage() for r in caplog.records if "previous index is kept" in r.getMessage()]
     assert index.kind.startswith("OnDisk") and len(index.search(_clustered(1, 1), 5)[1][0]) == 5
     assert _load(big)[1].index.folder == index.index.folder
+
+
+def test_an_indexing_run_adds_to_the_on_disk_index_and_the_vector_file(
+    big: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """`pixsearch index` on a home with an on-disk index: the new photos go into its delta
+    and the vector file, the base stays, and the saved files are current (no rebuild)."""
+    from tests.helpers import make_photos, run_cli
+
+    for field in ("home", "model", "pretrained", "captioner"):
+        monkeypatch.setenv(f"PIXSEARCH_{field.upper()}", str(getattr(big, field)))
+    for field in ("index_exact_limit", "index_pq_limit", "index_ondisk_limit", "vector_file_min"):
+        monkeypatch.setenv(f"PIXSEARCH_{field.upper()}", str(getattr(big, field)))
+    home, index, model_id = _load(big)
+    base = index.index.folder
+    make_photos(tmp_path / "new", 4)
+    assert run_cli(capsys, "index", str(tmp_path / "new")).code == 0
+    home, after, _ = _load(big)
+    assert after.kind == index.kind and after.index.folder == base and len(after) == N + 4
+    new = [home.image_by_path(str(p)) for p in sorted((tmp_path / "new").iterdir())]
+    ids = np.array([r.id for r in new if r is not None])
+    assert len(ids) == 4
+    store = home.vector_store(_key(big), model_id, DIM)
+    assert store is not None
+    found, rows = store.get(ids)
+    assert np.array_equal(found, ids)
+    assert np.abs(rows - home.stored_vectors(model_id, DIM, ids)[1]).max() < 1e-3
+    for i, row in zip(ids, rows, strict=True):
+        assert i in after.search(row[None], 10)[1][0]
