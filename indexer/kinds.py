@@ -58,7 +58,9 @@ KINDS: dict[str, Kind] = {
     "flat8": Kind("flat8", lambda i: "SQ8", _ivf_candidates),
     "sq8": Kind("sq8", lambda i: f"IVF{i.nlist},SQ8", _ivf_candidates, ivf=True),
     "pq": Kind("pq", lambda i: f"IVF{i.nlist},PQ{i.pq.M}", _pq_candidates, ivf=True),
-    "ondisk": Kind("ondisk", lambda i: f"OnDisk,IVF{i.nlist},PQ{i.pq.M}", _pq_candidates, ivf=True),
+    "ondisk": Kind(
+        "ondisk", lambda i: f"OnDisk,IVF{i.nlist},PQ{i.pq.M}", _ondisk_candidates, ivf=True
+    ),
 }
 
 
