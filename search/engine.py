@@ -348,7 +348,14 @@ class Searcher(QueryVectors):
             exact = exact + w * np.asarray([lexical.get(int(i), 0.0) for i in found], np.float32)
         ranked = np.lexsort((found, -exact))
         order = [int(i) for i in ranked if exact[i] >= cutoff]
+        below = len(ranked) - len(order)
         if q.rerank != "none":
+            # A compressed index's many candidates are all re-scored, but only the best
+            # pool is reranked (collapse is quadratic: 2,000 candidates cost ~0.5 s); a
+            # later page asks for a larger pool.
+            limit = max(need * POOL_FACTOR, need + POOL_EXTRA)
+            if len(order) > limit:
+                order, exhausted = order[:limit], False
             order = rerank.collapse_duplicates(order, vecs, self.settings.dedupe_threshold)
             if q.rerank == "mmr":
                 order = rerank.mmr(order, vecs, exact, q.mmr_lambda, need)
@@ -359,7 +366,7 @@ class Searcher(QueryVectors):
             [float(exact[i]) for i in order],
             np.ascontiguousarray(vecs[order]),
             exhausted,
-            below=len(ranked) - len(order),
+            below=below,
         )
 
     def _generative(
