@@ -169,8 +169,7 @@ class Home:
         return Policy.from_settings(self.settings)
 
     def vector_store(self, key: str, model_id: int, dim: int) -> VectorStore | None:
-        """The model's memory-mapped vector file when the collection is large enough to use
-        one (`Settings.vector_file_min`), rebuilt first if missing or stale; else None."""
+        """The model's vector file (rebuilt if missing or stale) from `vector_file_min`."""
         from indexer import derived
 
         count = self.count_vectors(model_id)

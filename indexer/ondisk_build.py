@@ -30,6 +30,7 @@ from indexer.ondisk import (
     _quiet_stdout,
     open_base,
 )
+from indexer.policy import Policy
 from indexer.types import Embeddings
 
 log = logging.getLogger(__name__)
@@ -258,3 +259,29 @@ def _exact_by_blocks(rows: RowBlocks, q: Embeddings, k: int) -> np.ndarray:
         best_s = np.take_along_axis(best_s, keep, axis=1)
         best_i = np.take_along_axis(best_i, keep, axis=1)
     return best_i
+
+
+def build_tuned(
+    kind: str, dim: int, ids: Ids, rows: RowBlocks, place: Path, policy: Policy
+) -> OnDiskIVF:
+    """`build`, then `tune` for the policy's target recall after re-scoring the kind's
+    candidates."""
+    from indexer.kinds import KINDS
+
+    started = time.perf_counter()
+    index = build(kind, dim, ids, rows, place, policy.build_threads)
+    built = time.perf_counter() - started
+    recall = tune(
+        index,
+        ids,
+        rows,
+        want=KINDS["ondisk"].candidates(10),
+        target=policy.target_recall,
+        max_fraction=policy.max_probe_fraction,
+        queries=policy.tuning_queries,
+    )
+    log.info(
+        "built %s over %d vectors in %.1fs (+%.1fs tuning): nprobe %d, recall@10 %.3f",
+        kind, len(ids), built, time.perf_counter() - started - built, index.nprobe, recall,
+    )  # fmt: skip
+    return index

@@ -256,24 +256,8 @@ class VectorIndex:
         cls, kind: str, dim: int, ids: Ids, vectors: Vectors, p: Policy, place: Path
     ) -> VectorIndex:
         rows = ondisk.ArrayRows(vectors) if isinstance(vectors, np.ndarray) else vectors
-        started = time.perf_counter()
-        index = ondisk_build.build(kind, dim, ids, rows, place, p.build_threads)
-        vi = cls(dim, index, built=len(ids), policy=p, place=place)
-        built = time.perf_counter() - started
-        recall = ondisk_build.tune(
-            index,
-            ids,
-            rows,
-            want=vi.candidates(10),
-            target=p.target_recall,
-            max_fraction=p.max_probe_fraction,
-            queries=p.tuning_queries,
-        )
-        log.info(
-            "built %s over %d vectors in %.1fs (+%.1fs tuning): nprobe %d, recall@10 %.3f",
-            kind, len(ids), built, time.perf_counter() - started - built, vi.nprobe, recall,
-        )  # fmt: skip
-        return vi
+        index = ondisk_build.build_tuned(kind, dim, ids, rows, place, p)
+        return cls(dim, index, built=len(ids), policy=p, place=place)
 
     # -- rebuilding ---------------------------------------------------------------------------
     def wants_rebuild(self, policy: Policy | None = None) -> str | None:

@@ -40,8 +40,7 @@ BACKGROUND_TTL = 300.0
 PAGE_CACHE_ROWS = 100_000
 #: Indexes at least this large are reloaded in a background thread.
 BACKGROUND_RELOAD = 100_000
-#: A filter allowing at most this many images is answered exactly: their vectors are read
-#: from the vector file and scored, no index involved (10M images: a day or a rare camera).
+#: A filter allowing at most this many images is scored exactly from the vector file.
 EXACT_FILTERED = 20_000
 
 
@@ -91,7 +90,6 @@ class Searcher(QueryVectors):
         super().__init__(home, encoder)
         self.captions = captions
         self._index: VectorIndex | None = None
-        self._store: VectorStore | None = None
         self._generation = -1
         self._lock = threading.Lock()
         self._background: tuple[float, int, Embeddings] | None = None
@@ -158,18 +156,6 @@ class Searcher(QueryVectors):
         fresh = self.home.load_index(model.name, model.id, model.dim)
         store = self.home.vector_store(model.name, model.id, model.dim)
         self._index, self._store, self._generation = fresh, store, generation
-
-    def stored(self, model: Model, ids: Ids) -> tuple[Ids, Embeddings]:
-        """(ids found, their vectors): from the memory-mapped vector file of a large
-        collection (rows it lacks, from the database), else from the database."""
-        store = self._store
-        if store is None or store.dim != model.dim:
-            return self.home.stored_vectors(model.id, model.dim, ids)
-        found, vecs = store.get(ids)
-        if len(found) == len(ids):
-            return found, vecs
-        rest, more = self.home.stored_vectors(model.id, model.dim, np.setdiff1d(ids, found))
-        return np.concatenate([found, rest]), np.concatenate([vecs, more])
 
     def _rebuild(self, model: Model, why: str) -> VectorIndex:
         """A fresh index from the stored embeddings, in place of one that failed."""
@@ -350,9 +336,7 @@ class Searcher(QueryVectors):
         order = [int(i) for i in ranked if exact[i] >= cutoff]
         below = len(ranked) - len(order)
         if q.rerank != "none":
-            # A compressed index's many candidates are all re-scored, but only the best
-            # pool is reranked (collapse is quadratic: 2,000 candidates cost ~0.5 s); a
-            # later page asks for a larger pool.
+            # Only the best pool is reranked (collapse is quadratic: 2,000 took ~0.5 s).
             limit = max(need * POOL_FACTOR, need + POOL_EXTRA)
             if len(order) > limit:
                 order, exhausted = order[:limit], False

@@ -15,6 +15,7 @@ from indexer.errors import InvalidInput, NotFound
 from indexer.home import Home
 from indexer.imageio import DRAFT_OVERSAMPLE, decode, max_file_bytes, read_file
 from indexer.types import Embeddings
+from indexer.vecstore import VectorStore
 from indexer.vectors import Ids
 from search.query import Query, unit
 
@@ -31,6 +32,7 @@ class QueryVectors:
         self.home = home
         self.encoder = encoder
         self.settings = home.settings
+        self._store: VectorStore | None = None  # set by a searcher that loads one
         self._texts: OrderedDict[str, Embeddings] = OrderedDict()
         self._texts_limit = 512
         self._text_lock = threading.Lock()
@@ -40,8 +42,16 @@ class QueryVectors:
         raise NotImplementedError
 
     def stored(self, model: Model, ids: Ids) -> tuple[Ids, Embeddings]:
-        """(ids found, their stored vectors)."""
-        return self.home.stored_vectors(model.id, model.dim, ids)
+        """(ids found, their vectors): from the memory-mapped vector file of a large
+        collection once loaded (rows it lacks, from the database), else from the database."""
+        store = self._store
+        if store is None or store.dim != model.dim:
+            return self.home.stored_vectors(model.id, model.dim, ids)
+        found, vecs = store.get(ids)
+        if len(found) == len(ids):
+            return found, vecs
+        rest, more = self.home.stored_vectors(model.id, model.dim, np.setdiff1d(ids, found))
+        return np.concatenate([found, rest]), np.concatenate([vecs, more])
 
     def embed_text(self, text: str) -> Embeddings:
         """A text's embedding; repeated queries hit a small cache."""
