@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -48,9 +49,11 @@ import common
 import numpy as np
 
 DIM = 512
+#: Collections larger than this are generated and written block by block, never whole.
+STREAM_ABOVE = 2_000_000
 HEADER = [
     "images", "index", "nprobe", "p50 ms", "p99 ms", "RSS GiB", "recall@10", "recall@10 text",
-    "build s",
+    "build s", "vecfile s", "filtered p50", "B/image",
 ]  # fmt: skip
 WORDS_A = [
     "a dog", "two cats", "a red car", "children", "an old man", "a bride", "a horse",
@@ -90,6 +93,14 @@ class Collection:
     def vectors(self, chunk: int = 100_000) -> np.ndarray:
         """All n vectors, bursts of near-duplicates in row (time) order."""
         out = np.empty((self.n, DIM), np.float32)
+        start = 0
+        for part in self.chunks(chunk):
+            out[start : start + len(part)] = part
+            start += len(part)
+        return out
+
+    def chunks(self, chunk: int = 100_000) -> Iterator[np.ndarray]:
+        """The same vectors as `vectors`, a block at a time (never all in memory)."""
         rng = self.rng
         for start in range(0, self.n, chunk):
             m = min(chunk, self.n - start)
@@ -101,8 +112,7 @@ class Collection:
             x += 0.45 * self.topics[topic]
             x += 0.35 * self._directions(len(sizes))[burst]
             x += 0.35 * self._directions(m)
-            out[start : start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
-        return out
+            yield (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
     def queries(self, count: int, seed: int = 7) -> np.ndarray:
         """Text-like queries: a topic's (and its theme's) direction plus noise; the part of a
@@ -114,53 +124,84 @@ class Collection:
         return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def write_home(home_dir: Path, model_key: str, vecs: np.ndarray, seed: int = 0) -> None:
-    """A home whose database holds len(vecs) images with these embeddings."""
+def write_home(
+    home_dir: Path,
+    model_key: str,
+    vecs: np.ndarray | Iterable[np.ndarray],
+    seed: int = 0,
+    n: int | None = None,
+) -> None:
+    """A home whose database holds one image per vector, with these embeddings: an array,
+    or blocks of rows written as they come (a 10M collection never is in memory at once)."""
     from indexer.home import Home
     from indexer.settings import Settings
 
     home = Home(Settings(home=home_dir))
     home.engine.dispose()  # creates and migrates the schema
-    n = len(vecs)
     rng = np.random.default_rng(seed)
     start = datetime(2012, 1, 1)
-    seconds = np.sort(rng.integers(0, 12 * 365 * 86400, n))
-    cameras = [("Apple", "iPhone 13"), ("Canon", "EOS R6"), ("SONY", "ILCE-7M3"), (None, None)]
-    cam = rng.integers(0, len(cameras), n)
+    year = 365 * 86400
+    twelve_years = 12 * year
+    total = len(vecs) if isinstance(vecs, np.ndarray) else n
+    assert total, "blocks of vectors need their total count"
+    cameras = [
+        ("Apple", "iPhone 13"), ("Canon", "EOS R6"), ("SONY", "ILCE-7M3"), (None, None),
+        ("Leica", "Q2"),
+    ]  # fmt: skip
+    camera_p = [0.35, 0.3, 0.2, 0.145, 0.005]  # a rare camera: a selective filter
+    formats, format_p = ["jpeg", "heif", "png", "webp"], [0.9, 0.07, 0.02, 0.01]
     conn = sqlite3.connect(home_dir / "pixsearch.db")
     conn.execute("PRAGMA synchronous=OFF")
-    with conn:
-        cur = conn.execute(
-            "INSERT INTO models (name, dim, generation) VALUES (?, ?, 1)", (model_key, DIM)
-        )
-        model_id = cur.lastrowid
-        now = datetime(2024, 6, 1).isoformat(sep=" ")
-        for lo in range(0, n, 50_000):
-            hi = min(n, lo + 50_000)
+    conn.execute("PRAGMA journal_mode=OFF")
+    conn.execute("PRAGMA cache_size=-262144")
+    blocks = [vecs] if isinstance(vecs, np.ndarray) else vecs
+    cur = conn.execute(
+        "INSERT INTO models (name, dim, generation) VALUES (?, ?, 1)", (model_key, DIM)
+    )
+    model_id = cur.lastrowid
+    conn.commit()
+    now = datetime(2024, 6, 1).isoformat(sep=" ")
+    done = 0
+    for block in blocks:
+        for lo in range(0, len(block), 50_000):
+            part = block[lo : lo + 50_000]
+            m = len(part)
+            first = done
+            # Capture times rise with the row id (photos are indexed roughly in time order).
+            seconds = ((first + np.arange(m) + rng.random(m)) * (twelve_years / total)).astype(
+                np.int64
+            )
+            cam = rng.choice(len(cameras), m, p=camera_p)
+            fmt = rng.choice(len(formats), m, p=format_p)
             conn.executemany(
                 "INSERT INTO images (path, size, mtime_ns, content_hash, width, height, format,"
                 " taken_at, camera_make, camera_model, gps_lat, gps_lon, indexed_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, 'jpeg', ?, ?, ?, NULL, NULL, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?)",
                 (
                     (
-                        f"/photos/{2012 + int(seconds[i]) // (365 * 86400)}/IMG_{i:07d}.jpg",
-                        3_000_000 + i,
-                        1_700_000_000_000_000_000 + i,
-                        f"{i:032x}",
+                        f"/photos/{2012 + int(seconds[j]) // year}/IMG_{first + j:08d}.jpg",
+                        3_000_000 + first + j,
+                        1_700_000_000_000_000_000 + first + j,
+                        f"{first + j:032x}",
                         4032,
                         3024,
-                        (start + timedelta(seconds=int(seconds[i]))).isoformat(sep=" "),
-                        cameras[cam[i]][0],
-                        cameras[cam[i]][1],
+                        formats[fmt[j]],
+                        (start + timedelta(seconds=int(seconds[j]))).isoformat(sep=" "),
+                        cameras[cam[j]][0],
+                        cameras[cam[j]][1],
                         now,
                     )
-                    for i in range(lo, hi)
+                    for j in range(m)
                 ),
             )
             conn.executemany(
                 "INSERT INTO embeddings (content_hash, model_id, vector) VALUES (?, ?, ?)",
-                ((f"{i:032x}", model_id, vecs[i].tobytes()) for i in range(lo, hi)),
+                ((f"{first + j:032x}", model_id, part[j].tobytes()) for j in range(m)),
             )
+            conn.commit()
+            done += m
+        if done % 1_000_000 < len(block):
+            common.log(f"  {done:,} rows written")
     conn.close()
 
 
@@ -203,6 +244,7 @@ def child(args: argparse.Namespace) -> None:
         times.append(time.perf_counter() - t0)
         hits.append(len(result))
     cpu_per_query = (time.process_time() - cpu0) / max(1, len(times))
+    filtered = _filtered_queries(searcher, texts[3:], args.filtered)
     index = searcher.index()
     qvecs = np.stack([encoder.embed_texts([t])[0] for t in texts[3:23]])
     out = {
@@ -213,6 +255,7 @@ def child(args: argparse.Namespace) -> None:
         "cpu_ms_per_query": 1000 * cpu_per_query,
         "first_query_s": first,
         "rss_bytes": common.rss_bytes(),
+        **_rss_parts(),
         "peak_rss_bytes": common.peak_rss_bytes(),
         "rss_before_model_bytes": rss_start,
         "index_kind": index.kind,
@@ -220,8 +263,46 @@ def child(args: argparse.Namespace) -> None:
         "precision": encoder.precision,
         "torch_threads": __import__("torch").get_num_threads(),
         "text_vectors": qvecs.tolist(),
+        **filtered,
     }
     json.dump(out, sys.stdout)
+
+
+def _rss_parts() -> dict[str, int]:
+    """Resident memory by kind: anonymous (the process's own) and file-backed (pages of
+    memory-mapped files it touched: page cache the kernel may drop at any time)."""
+    out = {}
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            for field in ("RssAnon", "RssFile"):
+                if line.startswith(field + ":"):
+                    out[f"{field.lower()}_bytes"] = int(line.split()[1]) * 1024
+    return out
+
+
+def _filtered_queries(searcher: Any, texts: list[str], count: int) -> dict[str, Any]:
+    """Text queries restricted to one week of capture dates (a selective filter: 1/600 of
+    the collection), each a different week."""
+    from datetime import date
+
+    from search.query import Filters, Query
+
+    if not count:
+        return {}
+    rng = np.random.default_rng(5)
+    times, hits = [], []
+    for i in range(count):
+        start = date(2012, 1, 1) + timedelta(days=int(rng.integers(0, 12 * 365 - 7)))
+        window = Filters(taken_after=start, taken_before=start + timedelta(days=6))
+        q = Query(text=f"{texts[i % len(texts)]}, week {i}", k=20, captions=False, filters=window)
+        t0 = time.perf_counter()
+        hits.append(len(searcher.search(q).hits))
+        times.append(time.perf_counter() - t0)
+    return {
+        "filtered_p50_ms": 1000 * float(np.percentile(times[1:] or times, 50)),
+        "filtered_p99_ms": 1000 * float(np.percentile(times[1:] or times, 99)),
+        "filtered_mean_hits": float(np.mean(hits)),
+    }
 
 
 def _query_class() -> Any:
@@ -240,6 +321,30 @@ def _search(searcher: Any, query_cls: Any, text: str) -> list[Any]:
 
 
 # -- the driver -------------------------------------------------------------------------------
+def store_recall(
+    index: Any, store: Any, ids: np.ndarray, qs: np.ndarray, k: int = 10, unlike: bool = False
+) -> float:
+    """`index_recall` for a collection that is not in memory: exact search over the vector
+    file's rows in blocks (memory-mapped), candidates re-scored from it."""
+    from indexer.ondisk_build import _exact_by_blocks
+    from indexer.vecstore import StoreRows
+    from indexer.vectors import rescore
+
+    truth = ids[_exact_by_blocks(StoreRows(store, ids), qs, k)]
+    _, cand = index.search(qs, index.candidates(k), unlike=unlike)
+    hits = 0
+    for qi in range(len(qs)):
+        found, vecs = store.get(cand[qi][cand[qi] >= 0])
+        _, top = rescore(qs[qi], found, vecs, k)
+        hits += len(set(top.tolist()) & set(truth[qi].tolist()))
+    return hits / (k * len(qs))
+
+
+def disk_bytes(folder: Path) -> int:
+    """Bytes of every file under a folder."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
 def index_recall(
     index: Any, vecs: np.ndarray, ids: np.ndarray, qs: np.ndarray, k: int = 10, unlike: bool = False
 ) -> float:
@@ -268,26 +373,39 @@ def run_size(n: int, args: argparse.Namespace, checkpoint: Path, root: Path) -> 
     home_dir = root / f"home-{n}"
     t0 = time.perf_counter()
     coll = Collection(n, seed=args.seed)
-    vecs = coll.vectors()
+    streamed = n > STREAM_ABOVE
+    vecs = None if streamed else coll.vectors()
     gen_s = time.perf_counter() - t0
     write_s = 0.0
-    if not (home_dir / "pixsearch.db").exists():
+    written = home_dir / "written"
+    if not written.exists():
         common.log(f"{n}: writing the synthetic home")
+        shutil.rmtree(home_dir, ignore_errors=True)  # a write that was cut short
         home_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        write_home(home_dir, key, vecs, seed=args.seed)
+        write_home(home_dir, key, coll.chunks() if vecs is None else vecs, args.seed, n=n)
         write_s = time.perf_counter() - t0
+        written.write_text(f"{write_s:.1f}\n")
+    if args.write_only:
+        return {"images": n, "write_home_s": write_s}
     home = Home(Settings(home=home_dir, model=args.model, pretrained=str(checkpoint)))
     model = home.model_row(key)
     assert model is not None
     index_file = home.index_path(key)
     if args.rebuild:
         index_file.unlink(missing_ok=True)
+    if args.rebuild:
+        home.vectors_path(key).unlink(missing_ok=True)
+    common.log(f"{n}: the vector file")
+    t0 = time.perf_counter()
+    store = home.vector_store(key, model.id, model.dim)
+    vector_file_s = time.perf_counter() - t0
     common.log(f"{n}: building the index")
     t0 = time.perf_counter()
     index = home.load_index(key, model.id, model.dim)
     index.wait_rebuild()
     build_s = time.perf_counter() - t0
+    bytes_per_image = disk_bytes(home_dir) / n
     kind = index.kind
     ids = np.arange(1, n + 1, dtype=np.int64)
 
@@ -296,15 +414,20 @@ def run_size(n: int, args: argparse.Namespace, checkpoint: Path, root: Path) -> 
     cmd = [
         sys.executable, __file__, "--child", "--home", str(home_dir), "--checkpoint",
         str(checkpoint), "--model", args.model, "--queries", str(args.queries),
-        "--torch-threads", str(args.torch_threads),
+        "--torch-threads", str(args.torch_threads), "--filtered", str(args.filtered),
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode:
         raise SystemExit(f"query process failed:\n{proc.stderr[-3000:]}")
     res = json.loads(proc.stdout)
-    synthetic = index_recall(index, vecs, ids, coll.queries(args.recall_queries))
     text_q = np.asarray(res.pop("text_vectors"), np.float32)
-    text_recall = index_recall(index, vecs, ids, text_q, unlike=True)
+    common.log(f"{n}: recall against exact search")
+    if vecs is not None:
+        synthetic = index_recall(index, vecs, ids, coll.queries(args.recall_queries))
+        text_recall = index_recall(index, vecs, ids, text_q, unlike=True)
+    else:
+        synthetic = store_recall(index, store, ids, coll.queries(args.recall_queries))
+        text_recall = store_recall(index, store, ids, text_q, unlike=True)
     opened, _ = VectorIndex.open(index_file, DIM, home.generation(model.id), n)
     return {
         "images": n,
@@ -315,7 +438,9 @@ def run_size(n: int, args: argparse.Namespace, checkpoint: Path, root: Path) -> 
         "reopened_ok": opened is not None,
         "generate_s": gen_s,
         "write_home_s": write_s,
+        "vector_file_s": vector_file_s,
         "build_index_s": build_s,
+        "disk_bytes_per_image": bytes_per_image,
         "recall_at_10": synthetic,
         "recall_at_10_text_vectors": text_recall,
         **{k: v for k, v in res.items() if k != "latency_ms"},
@@ -337,6 +462,12 @@ def main() -> None:
         "--torch-threads", type=int, default=0, help="torch threads of the query process"
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--filtered", type=int, default=50, help="timed one-week-filtered queries per size"
+    )
+    parser.add_argument(
+        "--write-only", action="store_true", help="only write the synthetic homes (with --keep)"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--home", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -374,6 +505,9 @@ def main() -> None:
             f"{r['recall_at_10']:.3f}",
             f"{r['recall_at_10_text_vectors']:.3f}",
             r["build_index_s"],
+            r["vector_file_s"],
+            r.get("filtered_p50_ms", "-"),
+            int(r["disk_bytes_per_image"]),
         ]
         for r in results
     ]

@@ -17,6 +17,7 @@ from sqlalchemy import ColumnElement, and_, func, or_, select
 
 from indexer.db import Image
 from indexer.errors import InvalidInput
+from indexer.filter_sql import date_window
 from indexer.home import Home
 from indexer.vectors import Ids
 
@@ -86,16 +87,17 @@ def folder_prefix(path: str) -> str:
 def conditions(f: Filters) -> list[ColumnElement[bool]]:
     """SQL conditions for the filters that are set."""
     conds: list[ColumnElement[bool]] = []
-    if f.taken_after is not None:
-        conds.append(_on_or_after(_start(f.taken_after)))
+    start = _start(f.taken_after) if f.taken_after is not None else None
+    end, inclusive = None, False
     if f.taken_before is not None:
-        end = f.taken_before
         # A date means the whole day; a datetime means that instant.
-        if isinstance(end, datetime):
-            conds.append(_before(end, inclusive=True))
-        elif end < date.max:
-            conds.append(_before(_start(end) + timedelta(days=1), inclusive=False))
+        if isinstance(f.taken_before, datetime):
+            end, inclusive = f.taken_before, True
+        elif f.taken_before < date.max:
+            end = _start(f.taken_before) + timedelta(days=1)
         # else: the last day there is has no next day; every photo is taken before its end
+    if start is not None or end is not None:
+        conds.append(date_window(start, end, inclusive=inclusive, to_ns=_ns))
     if f.path_prefix:
         prefix = folder_prefix(f.path_prefix)
         folder = prefix.rstrip(os.sep) + os.sep

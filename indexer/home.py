@@ -18,11 +18,13 @@ from sqlalchemy.orm import Session
 from indexer import db, homeerrors
 from indexer.db import Embedding, Image, Library, Model
 from indexer.errors import HomeError
+from indexer.policy import Policy
 from indexer.postgres import connection_error, is_connection_error, public_url, reason_of
 from indexer.rows import collect_vectors
 from indexer.settings import Settings
 from indexer.types import Embeddings
-from indexer.vectors import Ids, VectorIndex
+from indexer.vecstore import VectorStore
+from indexer.vectors import Ids, VectorIndex, Vectors
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +204,24 @@ class Home:
         column = Embedding.model_id + 0 if self.dialect == "sqlite" else Embedding.model_id
         return column == model_id
 
+    def vectors_path(self, key: str) -> Path:
+        """Where the float16 vector file of a model is kept (see `indexer.vecstore`)."""
+        return self.path / f"vectors-{_slug(key)}.f16"
+
+    @property
+    def policy(self) -> Policy:
+        """Which index kind for which collection size (the settings' thresholds)."""
+        return Policy.from_settings(self.settings)
+
+    def vector_store(self, key: str, model_id: int, dim: int) -> VectorStore | None:
+        """The model's vector file (rebuilt if missing or stale) from `vector_file_min`."""
+        from indexer import derived
+
+        count = self.count_vectors(model_id)
+        if count < self.settings.vector_file_min and not self.vectors_path(key).exists():
+            return None
+        return derived.load_store(self, key, model_id, dim)
+
     def count_vectors(self, model_id: int) -> int:
         """How many images have an embedding for this model."""
         # `model_id + 0` (see `stored_vectors`): counted over the embeddings' primary-key
@@ -257,17 +277,22 @@ class Home:
         `VectorIndex.wants_rebuild`) is returned as it is and rebuilt into a better-suited
         kind, in a background thread unless `background` is False.
         """
+        from indexer.derived import build_source
+
         path = self.index_path(key)
         generation = self.generation(model_id)
         count = self.count_vectors(model_id)
-        index, why = (None, rebuild) if rebuild else VectorIndex.open(path, dim, generation, count)
+        policy = self.policy
+        index, why = (
+            (None, rebuild) if rebuild else VectorIndex.open(path, dim, generation, count, policy)
+        )
         if index is not None:
             reason = index.wants_rebuild()
             if reason is not None:
                 self.rebuild_index(index, key, model_id, dim, reason, background=background)
             return index
-        ids, vecs = self.stored_vectors(model_id, dim)
-        index = VectorIndex.build(dim, ids, vecs)
+        ids, vecs = build_source(self, key, model_id, dim, policy)
+        index = VectorIndex.build(dim, ids, vecs, policy, place=path)
         if path.exists() or count:
             log.warning(
                 "FAISS index %s is %s; rebuilt it from %d stored embeddings", path.name, why, count
@@ -301,10 +326,13 @@ class Home:
                 return
             _rebuilds.add(path)
         snapshot: dict[str, int] = {}
+        policy = self.policy
 
-        def load() -> tuple[Ids, Embeddings]:
+        def load() -> tuple[Ids, Vectors]:
+            from indexer.derived import build_source
+
             before = self.generation(model_id)
-            ids, vecs = self.stored_vectors(model_id, dim)
+            ids, vecs = build_source(self, key, model_id, dim, policy)
             snapshot["generation"] = before if self.generation(model_id) == before else -1
             return ids, vecs
 
@@ -333,7 +361,7 @@ class Home:
             return
         try:
             ids, vecs = load()
-            index.replace_with(VectorIndex.build(dim, ids, vecs))
+            index.replace_with(VectorIndex.build(dim, ids, vecs, policy, place=path))
             done(index, True)
         finally:
             release()
@@ -375,7 +403,7 @@ class Home:
 
     def size_on_disk(self) -> int:
         """Bytes used by the home folder's files."""
-        return sum(p.stat().st_size for p in self.path.glob("*") if p.is_file())
+        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
 
     @staticmethod
     def now() -> datetime:

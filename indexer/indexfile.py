@@ -40,6 +40,10 @@ class IndexState:
     built: int = 0
     #: The tuned IVF nprobe (0 for exhaustive kinds).
     nprobe: int = 0
+    #: An on-disk index: its base folder's name (the file holds its delta).
+    base: str = ""
+    #: An on-disk index: how many tombstoned base ids (int64) follow the FAISS payload.
+    tombstones: int = 0
     #: BLAKE2b-256 (hex) of the header with this field zeroed, and the payload.
     checksum: str = ""
 
@@ -89,8 +93,9 @@ def atomic_write(path: Path, data: bytes) -> None:
     atomic_write_with(path, write)
 
 
-def save(path: Path, index: Any, state: IndexState) -> None:
-    """Write a FAISS index with its state and checksum, atomically, streaming (no copy)."""
+def save(path: Path, index: Any, state: IndexState, trailer: bytes = b"") -> None:
+    """Write a FAISS index with its state and checksum, atomically, streaming (no copy);
+    `trailer` (an on-disk index's tombstones) follows the FAISS payload."""
     faiss = _faiss()
     header = json.dumps(asdict(state) | {"checksum": _PLACEHOLDER}).encode()
 
@@ -105,6 +110,7 @@ def save(path: Path, index: Any, state: IndexState) -> None:
             fh.write(data)
 
         faiss.write_index(index, faiss.PyCallbackIOWriter(out))
+        out(trailer)
         fh.seek(start)  # the same length: only the zeros change
         fh.write(header.replace(_PLACEHOLDER.encode(), digest.hexdigest().encode(), 1))
         fh.seek(0, os.SEEK_END)
@@ -118,12 +124,19 @@ def load(path: Path, generation: int) -> tuple[Any, IndexState | None, str]:
     Any failure to read, the checksum's included, is a reason, never an exception: the
     caller rebuilds from the stored embeddings.
     """
+    index, state, why, _ = load_with_trailer(path, generation)
+    return index, state, why
+
+
+def load_with_trailer(path: Path, generation: int) -> tuple[Any, IndexState | None, str, bytes]:
+    """`load`, with the bytes that follow the FAISS payload (`IndexState.tombstones` x 8)."""
+    trailer = b""
     try:
         fh = open(path, "rb")  # noqa: SIM115 - closed by the `with` below
     except FileNotFoundError:
-        return None, None, "missing"
+        return None, None, "missing", b""
     except OSError as exc:
-        return None, None, f"unreadable ({exc.strerror or exc})"
+        return None, None, f"unreadable ({exc.strerror or exc})", b""
     state: IndexState | None = None
     with fh:
         try:
@@ -144,14 +157,17 @@ def load(path: Path, generation: int) -> tuple[Any, IndexState | None, str]:
                 raise Damaged("bad header")
             if state.generation != generation:
                 why = f"stale (built at generation {state.generation}, database at {generation})"
-                return None, state, why
+                return None, state, why, b""
             index = _faiss().read_index(_faiss().PyCallbackIOReader(fh.read))
+            trailer = fh.read(8 * state.tombstones)
+            if len(trailer) != 8 * state.tombstones:
+                raise Damaged("truncated")
             if fh.read(1):
                 raise Damaged("trailing bytes")
         except Exception as exc:  # FAISS's RuntimeError, MemoryError (bad_alloc), JSON's...
             reason = " ".join(str(exc).split())[:80] or type(exc).__name__
-            return None, state, f"unreadable ({reason})"
-    return index, state, "ok"
+            return None, state, f"unreadable ({reason})", b""
+    return index, state, "ok", trailer
 
 
 def _verify(fh: IO[bytes], raw: bytes, state: IndexState) -> None:

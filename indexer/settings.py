@@ -158,6 +158,29 @@ class Settings(BaseSettings):
         "(DNS rebinding); `*` answers any, `*.example.org` its subdomains.",
     )
 
+    index_exact_limit: int = Field(
+        50_000, ge=0, description="Up to this many photos, exact (exhaustive) vector search."
+    )
+    index_pq_limit: int = Field(
+        4_000_000,
+        ge=0,
+        description="Above this many photos, product quantisation instead of 8-bit scalars.",
+    )
+    index_ondisk_limit: int = Field(
+        6_000_000,
+        ge=0,
+        description="Above this many photos, the index's lists stay on disk, memory-mapped.",
+    )
+    vector_file_min: int = Field(
+        100_000,
+        ge=0,
+        description="From this many photos, exact re-scoring reads a memory-mapped float16 "
+        "copy of the vectors (a derived file beside the index) instead of the database.",
+    )
+    index_build_threads: int = Field(
+        0, ge=0, le=256, description="Threads filling an on-disk index's shards; 0 = per core."
+    )
+
     @model_validator(mode="after")
     def _named_model_captioner(self) -> Settings:
         # The default captioner reads another CLIP's world; a shipped model brings its own.

@@ -72,6 +72,8 @@ class Writer:
         self._dirty = False
         self._last_save = time.monotonic()
         self._checkpoint = checkpoint_seconds
+        # The float16 vector file follows the index (a large collection re-scores from it).
+        self.store = home.vector_store(model.name, model.id, model.dim)
 
     def write(
         self, batch: list[Prepared], embedded: list[Prepared], vectors: Embeddings | None
@@ -102,8 +104,11 @@ class Writer:
             raise
         ids = np.asarray(touched, np.int64)
         # Rows that existed may already be in the index with an older vector.
+        stacked = np.stack(vecs) if vecs else np.zeros((0, dim), np.float32)
         self.index.remove(ids)
-        self.index.add(ids, np.stack(vecs) if vecs else np.zeros((0, dim), np.float32))
+        self.index.add(ids, stacked)
+        if self.store is not None:
+            self.store.put(ids, stacked)
         self._dirty = True
         if time.monotonic() - self._last_save > self._checkpoint:
             self.rebuild_if_outgrown()
@@ -256,6 +261,8 @@ class Writer:
                     self._bump(s)
         if ids:
             self.index.remove(np.asarray(ids, np.int64))
+            if self.store is not None:
+                self.store.drop(np.asarray(ids, np.int64))
             self.report.removed += len(ids)
             self.missing.clear()
             self._dirty = True
@@ -268,10 +275,19 @@ class Writer:
         reason = self.index.wants_rebuild()
         if reason is None:
             return
+        from indexer.derived import build_source
+
         log.info("rebuilding the FAISS index (%s): %s", self.index.kind, reason)
-        ids, vecs = self.home.stored_vectors(self.model.id, self.model.dim)
-        self.index.replace_with(VectorIndex.build(self.model.dim, ids, vecs))
+        m, place = self.model, self.home.index_path(self.model.name)
+        self._stamp_store()  # an on-disk build reads the vector file
+        ids, vecs = build_source(self.home, m.name, m.id, m.dim, self.home.policy)
+        self.index.replace_with(VectorIndex.build(m.dim, ids, vecs, self.home.policy, place=place))
         self._dirty = True
+
+    def _stamp_store(self) -> None:
+        # Stamped like the index: only with a generation it is known to hold exactly.
+        if self.store is not None and self.generation is not None:
+            self.store.stamp(self.generation)
 
     def save(self) -> None:
         """Save the index, stamped with the generation the database is at now."""
@@ -282,6 +298,7 @@ class Writer:
             log.debug("FAISS index not saved: other writers changed the database meanwhile")
             self._last_save = time.monotonic()
             return
+        self._stamp_store()
         self.index.save(self.home.index_path(self.model.name), self.generation)
         self._dirty = False
         self._last_save = time.monotonic()

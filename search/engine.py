@@ -19,6 +19,7 @@ from indexer.filters import allowed_ids, undated_notice
 from indexer.home import Home
 from indexer.lookups import id_range
 from indexer.types import Embeddings
+from indexer.vecstore import VectorStore
 from indexer.vectors import Ids, VectorIndex
 from search import rerank
 from search.captions import CaptionService
@@ -44,6 +45,8 @@ BACKGROUND_TTL = 300.0
 PAGE_CACHE_ROWS = 100_000
 #: Indexes at least this large are reloaded in a background thread.
 BACKGROUND_RELOAD = 100_000
+#: A filter allowing at most this many images is scored exactly from the vector file.
+EXACT_FILTERED = 20_000
 
 
 def single_threaded_numpy_blas() -> None:
@@ -68,6 +71,7 @@ class _State:
     index: VectorIndex
     generation: int
     background: Embeddings
+    store: VectorStore | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,11 +154,13 @@ class Searcher(QueryVectors):
             return None
         index = self._index_for(model)
         generation = int(model.generation or 0)
-        return _State(model, index, generation, self._background_sample(model, generation))
+        background = self._background_sample(model, generation)
+        return _State(model, index, generation, background, self._store)
 
     def _load(self, model: Model, generation: int) -> None:
         fresh = self.home.load_index(model.name, model.id, model.dim)
-        self._index, self._generation = fresh, generation
+        store = self.home.vector_store(model.name, model.id, model.dim)
+        self._index, self._store, self._generation = fresh, store, generation
 
     def _rebuild(self, model: Model, why: str) -> VectorIndex:
         """A fresh index from the stored embeddings, in place of one that failed."""
@@ -190,7 +196,7 @@ class Searcher(QueryVectors):
         else:
             rng = np.random.default_rng(0)
             pick = np.unique(rng.integers(lo, hi + 1, size=BACKGROUND_SAMPLE))
-            _, vecs = self.home.stored_vectors(model.id, model.dim, pick)
+            _, vecs = self.stored(model, pick)
         self._background = (now, generation, vecs)
         return vecs
 
@@ -321,7 +327,10 @@ class Searcher(QueryVectors):
         # A query with text in it is unlike the image embeddings the index was tuned on.
         unlike = bool((q.text and q.text.strip()) or q.negative)
         try:
-            ids, exhausted = self._retrieve(vec, pool, index, allowed, unlike)
+            if allowed is not None and state.store is not None and len(allowed) <= EXACT_FILTERED:
+                ids, exhausted = allowed, True  # all of them are scored exactly below
+            else:
+                ids, exhausted = self._retrieve(vec, pool, index, allowed, unlike)
         except IndexDamaged as exc:  # rebuilt from the stored embeddings, tried once more
             index = self._rebuild(model, str(exc))
             ids, exhausted = self._retrieve(vec, pool, index, allowed, unlike)
@@ -332,14 +341,19 @@ class Searcher(QueryVectors):
                 extra = np.intersect1d(extra, allowed)
             ids = np.concatenate([ids, extra])
         # Exact re-score against the stored embeddings (the index may be compressed).
-        found, vecs = self.home.stored_vectors(model.id, model.dim, ids)
+        found, vecs = self.stored(model, ids)
         exact = vecs @ vec
         if lexical:
             w = self.settings.lexical_weight
             exact = exact + w * np.asarray([lexical.get(int(i), 0.0) for i in found], np.float32)
         ranked = np.lexsort((found, -exact))
         order = [int(i) for i in ranked if exact[i] >= cutoff]
+        below = len(ranked) - len(order)
         if q.rerank != "none":
+            # Only the best pool is reranked (collapse is quadratic: 2,000 took ~0.5 s).
+            limit = max(need * POOL_FACTOR, need + POOL_EXTRA)
+            if len(order) > limit:
+                order, exhausted = order[:limit], False
             order = rerank.collapse_duplicates(order, vecs, self.settings.dedupe_threshold)
             if q.rerank == "mmr":
                 order = rerank.mmr(order, vecs, exact, q.mmr_lambda, need)
@@ -350,7 +364,7 @@ class Searcher(QueryVectors):
             [float(exact[i]) for i in order],
             np.ascontiguousarray(vecs[order]),
             exhausted,
-            below=len(ranked) - len(order),
+            below=below,
         )
 
     def _generative(

@@ -15,6 +15,8 @@ from indexer.errors import InvalidInput, NotFound
 from indexer.home import Home
 from indexer.imageio import DRAFT_OVERSAMPLE, decode, max_file_bytes, read_file
 from indexer.types import Embeddings
+from indexer.vecstore import VectorStore
+from indexer.vectors import Ids
 from search.query import Query, unit
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,7 @@ class QueryVectors:
         self.home = home
         self.encoder = encoder
         self.settings = home.settings
+        self._store: VectorStore | None = None  # set by a searcher that loads one
         self._texts: OrderedDict[str, Embeddings] = OrderedDict()
         self._texts_limit = 512
         self._text_lock = threading.Lock()
@@ -37,6 +40,18 @@ class QueryVectors:
     def model(self) -> Model:
         """The stored model whose vectors indexed images have (the searcher's)."""
         raise NotImplementedError
+
+    def stored(self, model: Model, ids: Ids) -> tuple[Ids, Embeddings]:
+        """(ids found, their vectors): from the memory-mapped vector file of a large
+        collection once loaded (rows it lacks, from the database), else from the database."""
+        store = self._store
+        if store is None or store.dim != model.dim:
+            return self.home.stored_vectors(model.id, model.dim, ids)
+        found, vecs = store.get(ids)
+        if len(found) == len(ids):
+            return found, vecs
+        rest, more = self.home.stored_vectors(model.id, model.dim, np.setdiff1d(ids, found))
+        return np.concatenate([found, rest]), np.concatenate([vecs, more])
 
     def embed_text(self, text: str) -> Embeddings:
         """A text's embedding; repeated queries hit a small cache."""
@@ -72,14 +87,14 @@ class QueryVectors:
         model = model or self.model()
         if isinstance(image, int) or (image.isdigit() and not os.path.exists(image)):
             image_id = int(image)
-            ids, vecs = self.home.stored_vectors(model.id, model.dim, np.asarray([image_id]))
+            ids, vecs = self.stored(model, np.asarray([image_id], np.int64))
             if not len(ids):
                 raise NotFound(f"no indexed image has id {image_id}")
             return vecs[0], image_id
         path = os.path.abspath(os.path.expanduser(image))
         row = self.home.image_by_path(path)
         if row is not None:
-            ids, vecs = self.home.stored_vectors(model.id, model.dim, np.asarray([row.id]))
+            ids, vecs = self.stored(model, np.asarray([row.id], np.int64))
             if len(ids):
                 return vecs[0], row.id
         limit = self.settings.max_image_pixels

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from fastapi.testclient import TestClient
 
-from indexer import vectors
+from indexer import policy as policies
 from indexer.vectors import Policy
 from tests.fakes import synthetic_home
 from tests.helpers import make_photos, run_cli
@@ -23,9 +23,10 @@ def test_a_broad_filter_on_an_ivf_index_fills_the_page(env, tmp_path: Path, monk
     from search.engine import Searcher
     from search.query import Filters, Query
 
-    monkeypatch.setattr(
-        vectors, "DEFAULT_POLICY", Policy(exact_limit=1000, pq_limit=10**7, tuning_queries=100)
-    )
+    monkeypatch.setattr(policies, "DEFAULT_POLICY", Policy(tuning_queries=100))
+    monkeypatch.setenv("PIXSEARCH_INDEX_EXACT_LIMIT", "1000")
+    monkeypatch.setenv("PIXSEARCH_INDEX_PQ_LIMIT", str(10**7))
+    monkeypatch.setenv("PIXSEARCH_INDEX_ONDISK_LIMIT", str(10**7))
     rng = np.random.default_rng(3)
     centres = rng.standard_normal((40, 32))
     # Rows 0-2599 around centres 0-29, rows 2600-3999 (the last 1,400 days) around 30-39.

@@ -10,7 +10,7 @@ import faiss
 import numpy as np
 import pytest
 
-from indexer import vectors
+from indexer import policy as policies
 from indexer.vectors import Policy, VectorIndex, choose_kind, exact_search, rescore
 
 DIM = 32
@@ -52,7 +52,9 @@ def recall_after_rescore(
 def small_policy(monkeypatch: pytest.MonkeyPatch) -> Policy:
     """Thresholds small enough for unit tests: exact up to 1,000 vectors, PQ above 6,000."""
     policy = Policy(exact_limit=1000, pq_limit=6000, tuning_queries=100)
-    monkeypatch.setattr(vectors, "DEFAULT_POLICY", policy)
+    monkeypatch.setattr(policies, "DEFAULT_POLICY", policy)
+    monkeypatch.setenv("PIXSEARCH_INDEX_EXACT_LIMIT", "1000")
+    monkeypatch.setenv("PIXSEARCH_INDEX_PQ_LIMIT", "6000")
     return policy
 
 
@@ -286,7 +288,8 @@ def test_an_indexing_run_rebuilds_into_ivf_when_it_outgrows_exact_search(
 ) -> None:
     from tests.helpers import run_cli
 
-    monkeypatch.setattr(vectors, "DEFAULT_POLICY", Policy(exact_limit=8, tuning_queries=20))
+    monkeypatch.setattr(policies, "DEFAULT_POLICY", Policy(tuning_queries=20))
+    monkeypatch.setenv("PIXSEARCH_INDEX_EXACT_LIMIT", "8")
     assert run_cli(capsys, "index", str(photos)).code == 0
     status = run_cli(capsys, "status", "--json").json()
     assert str(status["index_type"]).startswith("IVF")  # type: ignore[index]

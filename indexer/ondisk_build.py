@@ -1,0 +1,287 @@
+"""Building the on-disk kind (see `indexer.ondisk`): train on a sample, fill shards in
+parallel threads, merge them into one memory-mapped lists file, tune nprobe."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from indexer.faiss_ops import Ids, _faiss, exact_search
+from indexer.ondisk import (
+    BASE_FILE,
+    BLOCK_ROWS,
+    IDS_FILE,
+    LISTS_FILE,
+    META_FILE,
+    TRAINED_FILE,
+    DiskFull,
+    OnDiskIVF,
+    RowBlocks,
+    _quiet_stdout,
+    open_base,
+)
+from indexer.policy import Policy
+from indexer.types import Embeddings
+
+log = logging.getLogger(__name__)
+
+#: Training points per list for the coarse k-means (the in-memory kinds use 32: at 10M
+#: scale, k-means over nlist x 32 points is most of a build on two cores).
+TRAIN_POINTS_PER_LIST = 16
+#: Most points the PQ codebooks are trained on.
+PQ_TRAIN_POINTS = 65_536
+#: An HNSW graph over the centroids replaces the flat coarse quantiser from this many lists.
+HNSW_FROM_LISTS = 2048
+#: Training samples smaller than this are clustered on one thread.
+SMALL_SAMPLE = 100_000
+#: Most sample queries `tune` uses.
+TUNING_QUERIES = 60
+#: Vectors per shard filled by one thread.
+SHARD_ROWS = 1_000_000
+
+
+def _parse(kind: str) -> tuple[int, int]:
+    _, head, codec = kind.split(",")
+    return int(head.removeprefix("IVF")), int(codec.removeprefix("PQ"))
+
+
+def _sample(ids: Ids, rows: RowBlocks, size: int) -> Embeddings:
+    n = len(ids)
+    if size >= n:
+        return rows.block(0, n)
+    rng = np.random.default_rng(0)
+    return rows.take(np.sort(rng.choice(n, size, replace=False)))
+
+
+def train(kind: str, dim: int, ids: Ids, rows: RowBlocks) -> Any:
+    """An empty IVF-PQ index of `kind`, its lists and codebooks trained on a sample."""
+    faiss = _faiss()
+    nlist, m = _parse(kind)
+    quantizer: Any
+    if nlist >= HNSW_FROM_LISTS:
+        quantizer = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        quantizer.hnsw.efConstruction = 80
+        # Assigning a vector to its list asks for one neighbour: a short search suffices
+        # (at 4,096 lists, efSearch 128 visits about as many centroids as a flat scan). A
+        # query's nprobe lists are searched with max(efSearch, nprobe).
+        quantizer.hnsw.efSearch = 32
+    else:
+        quantizer = faiss.IndexFlatIP(dim)
+    index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+    index.own_fields = True
+    quantizer.this.disown()
+    if nlist >= HNSW_FROM_LISTS:
+        flat = faiss.IndexFlatIP(dim)
+        index.clustering_index = flat  # k-means itself compares with every centroid
+        flat.this.disown()
+    cp = index.cp
+    cp.niter = 10
+    cp.spherical = True
+    cp.seed = 1234
+    cp.min_points_per_centroid = 1
+    cp.max_points_per_centroid = 1 << 30
+    index.pq.cp.max_points_per_centroid = PQ_TRAIN_POINTS // 256
+    size = max(nlist * TRAIN_POINTS_PER_LIST, PQ_TRAIN_POINTS)
+    started = time.perf_counter()
+    sample = _sample(ids, rows, size)
+    omp = faiss.omp_get_max_threads()
+    if len(sample) < SMALL_SAMPLE:
+        faiss.omp_set_num_threads(1)  # OpenMP's spinning threads cost more than they give
+    try:
+        index.train(sample)
+    finally:
+        faiss.omp_set_num_threads(omp)
+    took = time.perf_counter() - started
+    log.info("trained %s on %d vectors in %.1fs", kind, min(size, len(ids)), took)
+    return index
+
+
+def _fill_shard(trained: Any, ids: Ids, rows: RowBlocks, start: int, stop: int, out: str) -> None:
+    faiss = _faiss()
+    shard = faiss.clone_index(trained)
+    for lo in range(start, stop, BLOCK_ROWS):
+        hi = min(stop, lo + BLOCK_ROWS)
+        shard.add_with_ids(rows.block(lo, hi), np.ascontiguousarray(ids[lo:hi]))
+    faiss.write_index(shard, out)
+
+
+def build(
+    kind: str,
+    dim: int,
+    ids: Ids,
+    rows: RowBlocks,
+    place: Path,
+    threads: int = 0,
+) -> OnDiskIVF:
+    """A new base of `kind` over (ids, rows) beside the index file `place`, opened mapped.
+
+    A full disk (or any failure) removes what was written and leaves earlier bases alone;
+    the disk filling is a `DiskFull`.
+    """
+    faiss = _faiss()
+    ids = np.ascontiguousarray(ids, np.int64)
+    order = np.argsort(ids, kind="stable")
+    if np.any(order != np.arange(len(ids))):
+        raise ValueError("an on-disk index is built from ids in ascending order")
+    # Written in its final place (FAISS records the lists file's path), named by no saved
+    # index file until complete: a crash leaves an unreferenced folder that `prune` removes.
+    folder = place.parent / f"{place.name}.ondisk-{uuid.uuid4().hex[:12]}"
+    started = time.perf_counter()
+    try:
+        folder.mkdir(parents=True)
+        trained = train(kind, dim, ids, rows)
+        faiss.write_index(trained, str(folder / TRAINED_FILE))
+        n = len(ids)
+        shards = [(lo, min(n, lo + SHARD_ROWS)) for lo in range(0, n, SHARD_ROWS)]
+        names = [str(folder / f"shard-{i}.index") for i in range(len(shards))]
+        workers = threads or os.cpu_count() or 1
+        omp = faiss.omp_get_max_threads()
+        # Threads split the shards; FAISS's own threads would only fight them.
+        faiss.omp_set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(max_workers=min(workers, len(shards)) or 1) as pool:
+                futures = [
+                    pool.submit(_fill_shard, trained, ids, rows, lo, hi, name)
+                    for (lo, hi), name in zip(shards, names, strict=True)
+                ]
+                for f in futures:
+                    f.result()
+        finally:
+            faiss.omp_set_num_threads(omp)
+        filled = time.perf_counter() - started
+        from faiss.contrib.ondisk import merge_ondisk
+
+        empty = faiss.read_index(str(folder / TRAINED_FILE))
+        with _quiet_stdout():  # OnDiskInvertedLists reports each resize with printf
+            merge_ondisk(empty, names, str(folder / LISTS_FILE))
+        faiss.write_index(empty, str(folder / BASE_FILE))
+        del empty
+        for name in names:
+            os.unlink(name)
+        np.save(folder / IDS_FILE, ids)
+        size = (folder / LISTS_FILE).stat().st_size
+        meta = {"count": n, "dim": dim, "kind": kind, "lists_bytes": size, "built_in": str(folder)}
+        (folder / META_FILE).write_text(json.dumps(meta))
+        _fsync_tree(folder)
+        log.info(
+            "built %s over %d vectors in %.1fs (%.1fs training and filling %d shards)",
+            kind, n, time.perf_counter() - started, filled, len(shards),
+        )  # fmt: skip
+    except BaseException as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        if _is_enospc(exc):
+            raise DiskFull(
+                errno.ENOSPC,
+                f"the disk holding {place.parent} filled while the on-disk index was built; "
+                "the previous index is kept",
+            ) from None
+        raise
+    return open_base(folder)
+
+
+def _is_enospc(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno == errno.ENOSPC
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("no space left" in text or "errno 28" in text)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for p in folder.iterdir():
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def tune(
+    index: OnDiskIVF,
+    ids: Ids,
+    rows: RowBlocks,
+    *,
+    want: int,
+    target: float,
+    max_fraction: float,
+    queries: int,
+    k: int = 10,
+) -> float:
+    """Set nprobe to the smallest value reaching `target` recall@k after exact re-scoring of
+    `want` hits, on sample queries (ground truth by blocks over every vector)."""
+    from indexer.faiss_ops import _probe_ladder, _recall, tuning_queries
+
+    rng = np.random.default_rng(1)
+    # Each query re-scores `want` rows read at random from the vector file: fewer queries
+    # than the in-memory kinds use (recall within about +-0.02).
+    queries = min(queries, TUNING_QUERIES)
+    sample = tuning_queries(_sample(ids, rows, min(len(ids), 20_000)), queries, rng)
+    truth = _exact_by_blocks(rows, sample, k)
+    limit = max(1, int(index.nlist * max_fraction))
+    best, recall = limit, 0.0
+    for nprobe in _probe_ladder(limit):
+        index.nprobe = nprobe
+        _, found = index.search(sample, min(want, len(ids)))
+        at = np.clip(np.searchsorted(ids, found), 0, len(ids) - 1)
+        valid = (ids[at] == found) & (found >= 0)
+        cand = rows.take(at.reshape(-1)).reshape(len(sample), -1, index.d)
+        scores = np.einsum("qcd,qd->qc", cand, sample)
+        scores[~valid] = -np.inf
+        top = np.take_along_axis(at, np.argsort(-scores, axis=1)[:, :k], axis=1)
+        recall = _recall(top, truth)
+        if recall >= target:
+            best = nprobe
+            break
+    index.nprobe = best
+    return recall
+
+
+def _exact_by_blocks(rows: RowBlocks, q: Embeddings, k: int) -> np.ndarray:
+    """Exact top-k row positions of each query over all rows, one block at a time."""
+    best_s = np.full((len(q), 0), -np.inf, np.float32)
+    best_i = np.zeros((len(q), 0), np.int64)
+    n = len(rows)
+    step = BLOCK_ROWS
+    for lo in range(0, n, step):
+        s, i = exact_search(rows.block(lo, min(n, lo + step)), q, k)
+        best_s = np.concatenate([best_s, s], axis=1)
+        best_i = np.concatenate([best_i, i + lo], axis=1)
+        keep = np.argsort(-best_s, axis=1, kind="stable")[:, :k]
+        best_s = np.take_along_axis(best_s, keep, axis=1)
+        best_i = np.take_along_axis(best_i, keep, axis=1)
+    return best_i
+
+
+def build_tuned(
+    kind: str, dim: int, ids: Ids, rows: RowBlocks, place: Path, policy: Policy
+) -> OnDiskIVF:
+    """`build`, then `tune` for the policy's target recall after re-scoring the kind's
+    candidates."""
+    from indexer.kinds import KINDS
+
+    started = time.perf_counter()
+    index = build(kind, dim, ids, rows, place, policy.build_threads)
+    built = time.perf_counter() - started
+    recall = tune(
+        index,
+        ids,
+        rows,
+        want=KINDS["ondisk"].candidates(10),
+        target=policy.target_recall,
+        max_fraction=policy.max_probe_fraction,
+        queries=policy.tuning_queries,
+    )
+    log.info(
+        "built %s over %d vectors in %.1fs (+%.1fs tuning): nprobe %d, recall@10 %.3f",
+        kind, len(ids), built, time.perf_counter() - started - built, index.nprobe, recall,
+    )  # fmt: skip
+    return index

@@ -1,0 +1,209 @@
+"""A derived, memory-mapped float16 copy of a model's embeddings, laid out by image row id:
+exact re-scoring and "more like this" read it instead of the database.
+
+Layout: ``PIXSVEC1``, a 4-byte little-endian header length, the JSON `StoreState`, zeros up
+to `DATA_OFFSET`, then ``rows x dim`` float16 values: row i is image id i (ids are SQLite
+row ids, never reused); rows of ids without a vector are zeros. 512-d: 1 KB per image.
+
+The database stays the source of truth. A file that is missing, truncated, damaged or stale
+(its generation is not the database's) is rebuilt from it, streaming (a 10M collection's
+vectors are never in memory at once), into a temporary file renamed over the old one. An
+indexing run keeps the file in step as it writes (`VectorStore.put`, `drop`) and stamps
+its generation at each checkpoint (`stamp`), after the rows are on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from indexer.faiss_ops import Ids
+from indexer.indexfile import atomic_write_with
+from indexer.types import Embeddings
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"PIXSVEC1"
+#: Where the vectors start (a page boundary; the header is far smaller).
+DATA_OFFSET = 4096
+_DTYPE = np.dtype("<f2")
+
+
+@dataclass(frozen=True, slots=True)
+class StoreState:
+    """What the header of a vector file records."""
+
+    generation: int
+    dim: int
+    rows: int
+
+
+def _header(state: StoreState) -> bytes:
+    raw = json.dumps(asdict(state)).encode()
+    head = MAGIC + len(raw).to_bytes(4, "little") + raw
+    return head + bytes(DATA_OFFSET - len(head))
+
+
+def _read_state(fh: IO[bytes]) -> StoreState:
+    if fh.read(len(MAGIC)) != MAGIC:
+        raise ValueError("not a pixsearch vector file")
+    size = int.from_bytes(fh.read(4), "little")
+    if not 0 < size < DATA_OFFSET - 12:
+        raise ValueError("bad header")
+    fields = json.loads(fh.read(size))
+    if not isinstance(fields, dict):
+        raise ValueError("bad header")
+    return StoreState(**fields)
+
+
+class VectorStore:
+    """The memory-mapped rows of one vector file (read-only view; `put` writes through
+    the file, and the view is re-mapped when the file grows)."""
+
+    def __init__(self, path: Path, state: StoreState) -> None:
+        self.path = path
+        self.state = state
+        self.dim = state.dim
+        self._lock = threading.Lock()
+        self._map = self._mapped(state.rows)
+
+    def _mapped(self, rows: int) -> np.ndarray:
+        if rows == 0:
+            return np.zeros((0, self.dim), _DTYPE)
+        return np.memmap(self.path, _DTYPE, "r", DATA_OFFSET, (rows, self.dim))
+
+    @property
+    def rows(self) -> int:
+        """Rows in the file (the largest id it can hold, plus one)."""
+        return len(self._map)
+
+    # -- reading --------------------------------------------------------------------------
+    def get(self, ids: Ids) -> tuple[Ids, Embeddings]:
+        """(ids that have a vector, their float32 vectors), in the order asked."""
+        ids = np.asarray(ids, np.int64).reshape(-1)
+        view = self._map
+        inside = ids[(ids >= 0) & (ids < len(view))]
+        vecs = np.asarray(view[inside], np.float32)
+        present = np.any(vecs != 0, axis=1)
+        return inside[present], vecs[present]
+
+    def block(self, start: int, stop: int) -> Embeddings:
+        """Rows start..stop (by id) as float32."""
+        return np.asarray(self._map[start:stop], np.float32)
+
+    # -- writing (an indexing run) --------------------------------------------------------
+    def put(self, ids: Ids, vecs: Embeddings) -> None:
+        """Write vectors at their ids' rows (growing the file as needed)."""
+        ids = np.asarray(ids, np.int64).reshape(-1)
+        if not len(ids):
+            return
+        data = np.asarray(vecs, np.float32).reshape(len(ids), self.dim).astype(_DTYPE)
+        self._write(ids, data)
+
+    def drop(self, ids: Ids) -> None:
+        """Zero the rows of removed ids."""
+        ids = np.asarray(ids, np.int64).reshape(-1)
+        ids = ids[(ids >= 0) & (ids < self.rows)]
+        if len(ids):
+            self._write(ids, np.zeros((len(ids), self.dim), _DTYPE))
+
+    def _write(self, ids: Ids, data: np.ndarray) -> None:
+        row_bytes = self.dim * _DTYPE.itemsize
+        with self._lock, open(self.path, "r+b") as fh:
+            rows = max(self.rows, int(ids.max()) + 1)
+            if rows > self.rows:
+                # Grow by a margin: an indexing run adds a batch at a time.
+                rows = max(rows, self.rows + self.rows // 8)
+                fh.truncate(DATA_OFFSET + rows * row_bytes)
+            for i, row in zip(ids.tolist(), data, strict=True):
+                fh.seek(DATA_OFFSET + i * row_bytes)
+                fh.write(row.tobytes())
+            if rows > self.rows:
+                self.state = StoreState(self.state.generation, self.dim, rows)
+                fh.seek(0)
+                fh.write(_header(self.state))
+                self._map = self._mapped(rows)
+
+    def stamp(self, generation: int) -> None:
+        """Record that the rows reflect the database at `generation` (after an fsync)."""
+        with self._lock, open(self.path, "r+b") as fh:
+            os.fsync(fh.fileno())
+            self.state = StoreState(generation, self.dim, self.rows)
+            fh.write(_header(self.state))
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def open_store(path: Path, dim: int, generation: int) -> tuple[VectorStore | None, str]:
+    """The vector file if intact and current; else (None, why not)."""
+    try:
+        with open(path, "rb") as fh:
+            state = _read_state(fh)
+            size = os.fstat(fh.fileno()).st_size
+    except FileNotFoundError:
+        return None, "missing"
+    except (OSError, ValueError, TypeError) as exc:
+        return None, f"unreadable ({' '.join(str(exc).split())[:80] or type(exc).__name__})"
+    if state.dim != dim:
+        return None, f"holds vectors of dimension {state.dim}, expected {dim}"
+    if size < DATA_OFFSET + state.rows * dim * _DTYPE.itemsize:
+        return None, "truncated"
+    if state.generation != generation:
+        return None, f"stale (written at generation {state.generation}, database at {generation})"
+    return VectorStore(path, state), "ok"
+
+
+def write_store(
+    path: Path, dim: int, generation: int, rows: Iterable[tuple[Ids, Embeddings]], top: int
+) -> VectorStore:
+    """Write a new vector file from (ids, vectors) blocks (ids below `top`), atomically."""
+    row_bytes = dim * _DTYPE.itemsize
+    count = max(top, 0)
+
+    def write(fh: IO[bytes]) -> None:
+        fh.write(_header(StoreState(generation, dim, count)))
+        fh.truncate(DATA_OFFSET + count * row_bytes)  # sparse: absent rows read as zeros
+        for ids, vecs in rows:
+            data = np.asarray(vecs, np.float32).astype(_DTYPE)
+            ids = np.asarray(ids, np.int64)
+            # Runs of consecutive ids are written in one call.
+            breaks = np.flatnonzero(np.diff(ids) != 1) + 1
+            for part_ids, part in zip(np.split(ids, breaks), np.split(data, breaks), strict=True):
+                if len(part_ids):
+                    fh.seek(DATA_OFFSET + int(part_ids[0]) * row_bytes)
+                    fh.write(part.tobytes())
+        fh.seek(0, os.SEEK_END)
+
+    atomic_write_with(path, write)
+    store, why = open_store(path, dim, generation)
+    if store is None:  # pragma: no cover - just written
+        raise OSError(f"the vector file {path} just written is {why}")
+    return store
+
+
+class StoreRows:
+    """`ondisk.RowBlocks` over a vector file: the rows of sorted ids, a block at a time."""
+
+    def __init__(self, store: VectorStore, ids: Ids) -> None:
+        self.store = store
+        self.ids = ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def block(self, start: int, stop: int) -> Embeddings:
+        ids = self.ids[start:stop]
+        if len(ids) and int(ids[-1]) - int(ids[0]) + 1 == len(ids):  # consecutive: one read
+            return self.store.block(int(ids[0]), int(ids[-1]) + 1)
+        return self.take(np.arange(start, stop))
+
+    def take(self, positions: np.ndarray) -> Embeddings:
+        return np.asarray(self.store._map[self.ids[positions]], np.float32)
