@@ -176,6 +176,11 @@ class ClipEncoder:
         )
         return _Loaded(runner, preprocess, choice)
 
+    @property
+    def torch_model(self) -> Any | None:
+        """The open_clip model when torch runs it (None when ONNX Runtime runs int8); loads."""
+        return getattr(self.load()._loaded.runner, "model", None)
+
     def _choose(self, model: Any, parts: Parts) -> Choice:
         fixed = fixed_precision(self.requested_precision, self.device)
         if fixed is not None:

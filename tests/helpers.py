@@ -7,9 +7,13 @@ import json
 import os
 import queue
 import re
+import socket
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -204,8 +208,15 @@ def spawn_serve(
     """Start `pixsearch [FLAGS] serve [--host HOST] --port 0` (any free port), as a user runs
     it; its stderr lines arrive in the queue."""
     where = ["--host", host] if host else []
+    return spawn_cli(env, *flags, "serve", *where, "--port", "0", bound=bound)
+
+
+def spawn_cli(
+    env: dict[str, str], *args: str, bound: bool = False
+) -> tuple[subprocess.Popen[str], queue.Queue[str]]:
+    """Start `pixsearch ARGS` in a process of its own; its stderr lines arrive in the queue."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", *flags, "serve", *where, "--port", "0"],
+        [sys.executable, "-m", "api.cli", *args],
         cwd=ROOT,
         env={**os.environ, **env},
         stdout=subprocess.DEVNULL,
@@ -223,3 +234,33 @@ def spawn_serve(
 def next_line(lines: queue.Queue[str], timeout: float) -> str:
     """The next stderr line of a process started by `spawn_serve`."""
     return lines.get(timeout=timeout).rstrip("\n")
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now, on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def serve_in_thread() -> Iterator[str]:
+    """The app of the current settings (environment) served by uvicorn in a thread: its URL."""
+    import uvicorn
+
+    from api.server import create_app
+
+    srv = uvicorn.Server(
+        uvicorn.Config(create_app(), host="127.0.0.1", port=free_port(), log_level="warning")
+    )
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert srv.started
+    try:
+        yield f"http://127.0.0.1:{srv.config.port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)

@@ -9,7 +9,6 @@ test-artifacts/, not committed).
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -20,8 +19,8 @@ import pytest
 
 from indexer.browse import camera_label
 from indexer.demo import DemoPhoto, make_demo_photos, plan_demo
-from tests.helpers import ROOT
-from tests.test_browser import ARGS, CHROMIUM, _free_port
+from tests.helpers import ROOT, serve_in_thread
+from tests.test_browser import ARGS, CHROMIUM
 
 pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).exists() and os.environ.get("CI") != "true",
@@ -45,10 +44,8 @@ def artifacts() -> Path:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """The demo collection indexed with the trained tiny models, served by a real server."""
-    import uvicorn
 
     from api.cli import main
-    from api.server import create_app
     from tests.assets.tiny_models import materialize_tiny_captioner, materialize_tiny_clip
 
     base = tmp_path_factory.mktemp("browse-page")
@@ -67,20 +64,9 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             main(["index", str(base / "photos")])
         except SystemExit as exc:
             assert not exc.code
-        port = _free_port()
-        srv = uvicorn.Server(
-            uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning")
-        )
-        thread = threading.Thread(target=srv.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 60
-        while not srv.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert srv.started
         plan = plan_demo(DEMO_SIZE, seed=0)
-        yield {"url": f"http://127.0.0.1:{port}/", "plan": plan, "folder": base / "photos"}
-        srv.should_exit = True
-        thread.join(timeout=10)
+        with serve_in_thread() as url:
+            yield {"url": f"{url}/", "plan": plan, "folder": base / "photos"}
 
 
 @pytest.fixture(scope="module")

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_cli
+from tests.helpers import run_cli, serve_in_thread
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = [
@@ -24,12 +21,6 @@ ARGS = [
 ]
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -50,28 +41,13 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture
 def server(env, shapes, monkeypatch, capsys) -> Iterator[str]:
-    import uvicorn
-
-    from api.server import create_app
-
     monkeypatch.setenv("PIXSEARCH_MODEL", str(shapes["config"]))
     monkeypatch.setenv("PIXSEARCH_PRETRAINED", str(shapes["checkpoint"]))
     monkeypatch.setenv("PIXSEARCH_CAPTIONER", str(shapes["captioner"]))
     monkeypatch.delenv("PIXSEARCH_DEDUPE_THRESHOLD")  # the defaults a user gets
     assert run_cli(capsys, "index", str(shapes["data"] / "images")).code == 0
-    port = _free_port()
-    srv = uvicorn.Server(
-        uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert srv.started
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serve_in_thread() as url:
+        yield url
 
 
 @pytest.fixture

@@ -9,12 +9,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import queue
 import re
 import subprocess
 import sys
-import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +21,7 @@ from typing import Any
 import pytest
 
 from indexer.demo import DemoPhoto, plan_demo
-from tests.helpers import ROOT, next_line, run_cli
+from tests.helpers import next_line, run_cli, spawn_cli
 
 COUNT = 60
 
@@ -142,8 +140,11 @@ def test_a_text_query_loads_only_the_text_tower(demo_home: tuple[Path, str], cap
     home, _ = demo_home
     _search(capsys, home, "search", "a green triangle", "-k", "3")
     encoder = get_encoder(Settings(home=home, model="demo"), text_only=True)
-    assert "_model" in encoder.__dict__  # this is the encoder that answered
-    assert not has_image_tower(encoder._model)
+    assert "_loaded" in encoder.__dict__  # this is the encoder that answered
+    with pytest.raises(RuntimeError, match="texts only"):
+        _ = encoder.preprocess
+    model = encoder.torch_model  # None: int8 through ONNX Runtime, its text graph only
+    assert model is None or not has_image_tower(model)
 
 
 def test_a_stale_server_file_is_ignored(
@@ -176,18 +177,7 @@ def test_a_stale_server_file_is_ignored(
 def served(demo_home: tuple[Path, str]) -> Iterator[str]:
     """`pixsearch demo` on the demo home (already indexed): its URL while it serves."""
     home, _ = demo_home
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "--home", str(home), "demo", "--port", "0"],
-        cwd=ROOT,
-        env=os.environ.copy(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    assert proc.stderr is not None
-    stream = proc.stderr
-    threading.Thread(target=lambda: [lines.put(x) for x in stream], daemon=True).start()
+    proc, lines = spawn_cli({}, "--home", str(home), "demo", "--port", "0")
     said: list[str] = []
     url = None
     while url is None and proc.poll() is None:

@@ -25,11 +25,11 @@ def test_text_only_encoder_embeds_texts_as_the_whole_model(source: str, tmp_path
     whole = ClipEncoder(model, pretrained, precision="fp32").load()
     text = ClipEncoder(model, pretrained, precision="fp32", text_only=True).load()
     # No image tower: not among its modules, no weights of it, fewer parameters.
-    assert has_image_tower(whole._model) and not has_image_tower(text._model)
-    assert not any(type(m).__module__.startswith("timm") for m in text._model.modules())
-    assert not any(k.startswith("visual.") for k in text._model.state_dict())
-    params = sum(p.numel() for p in text._model.parameters())
-    assert params < sum(p.numel() for p in whole._model.parameters())
+    assert has_image_tower(whole.torch_model) and not has_image_tower(text.torch_model)
+    assert not any(type(m).__module__.startswith("timm") for m in text.torch_model.modules())
+    assert not any(k.startswith("visual.") for k in text.torch_model.state_dict())
+    params = sum(p.numel() for p in text.torch_model.parameters())
+    assert params < sum(p.numel() for p in whole.torch_model.parameters())
     assert text.key == whole.key
     np.testing.assert_allclose(text.embed_texts(TEXTS), whole.embed_texts(TEXTS), atol=1e-6)
     with pytest.raises(RuntimeError, match="texts only"):
