@@ -129,7 +129,7 @@ def precision_rows(model: str, checkpoint: Path, precisions: list[str]) -> dict[
 
 def read_ms(paths: list[Path], encoder: ClipEncoder, max_pixels: int = 10**9) -> float:
     """CPU ms per photo of pixsearch's read stage (read, hash, reduced-scale decode, resize)."""
-    from indexer.pipeline import read
+    from indexer.reading import read
     from indexer.types import Failure, FileEntry, Job
 
     start = time.process_time()

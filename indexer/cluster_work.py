@@ -1,6 +1,6 @@
 """What Ray workers run for `pixsearch index --ray`: read and decode files, then embed them.
 
-Both stages reuse the local run's code (`pipeline.read`, `ClipEncoder`), so a file gives the
+Both stages reuse the local run's code (`reading.read`, `ClipEncoder`), so a file gives the
 same hash, metadata and pixels on a worker as on this machine. Rows travel as Ray Data numpy
 batches: `idx` (the job's number in the driver's plan), `digest`, `meta` (JSON), `error`,
 `has_pixels`, then `pixels` out of the read stage and `vector` out of the embed stage.
@@ -17,7 +17,7 @@ from datetime import datetime
 import numpy as np
 
 from indexer.encoder import ClipEncoder, Preprocess
-from indexer.pipeline import read
+from indexer.reading import read
 from indexer.types import Failure, FileEntry, ImageMeta, Job
 
 log = logging.getLogger(__name__)

@@ -1,11 +1,11 @@
-"""A pixsearch home: the data folder with its database and derived FAISS indexes."""
+"""A pixsearch home: the data folder with its database and derived FAISS indexes (loaded and
+rebuilt by `indexer.indexload`)."""
 
 from __future__ import annotations
 
 import logging
 import os
 import re
-import threading
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
@@ -15,7 +15,7 @@ from sqlalchemy import ColumnElement, Engine, event, func, select, update
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.orm import Session
 
-from indexer import db, homeerrors
+from indexer import db, homeerrors, indexload
 from indexer.db import Embedding, Image, Library, Model
 from indexer.errors import HomeError
 from indexer.policy import Policy
@@ -24,17 +24,13 @@ from indexer.rows import collect_vectors
 from indexer.settings import Settings
 from indexer.types import Embeddings
 from indexer.vecstore import VectorStore
-from indexer.vectors import Ids, VectorIndex, Vectors
+from indexer.vectors import Ids, VectorIndex
 
 log = logging.getLogger(__name__)
 
 
 #: The database kinds pixsearch runs on (SQLAlchemy backend names).
 SUPPORTED_DATABASES = ("sqlite", "postgresql")
-
-#: Index files being rebuilt in the background by this process.
-_rebuilds: set[Path] = set()
-_rebuilds_lock = threading.Lock()
 
 
 def _slug(name: str) -> str:
@@ -271,38 +267,11 @@ class Home:
         self, key: str, model_id: int, dim: int, *, background: bool = True, rebuild: str = ""
     ) -> VectorIndex:
         """The model's FAISS index: the saved one if it is intact and matches the database,
-        else rebuilt (and saved); `rebuild`: why not to use the saved one at all.
-
-        A saved index that matches but no longer suits the collection's size (see
-        `VectorIndex.wants_rebuild`) is returned as it is and rebuilt into a better-suited
-        kind, in a background thread unless `background` is False.
-        """
-        from indexer.derived import build_source
-
-        path = self.index_path(key)
-        generation = self.generation(model_id)
-        count = self.count_vectors(model_id)
-        policy = self.policy
-        index, why = (
-            (None, rebuild) if rebuild else VectorIndex.open(path, dim, generation, count, policy)
+        else rebuilt (and saved); `rebuild`: why not to use the saved one at all (see
+        `indexer.indexload.load_index`)."""
+        return indexload.load_index(
+            self, key, model_id, dim, background=background, rebuild=rebuild
         )
-        if index is not None:
-            reason = index.wants_rebuild()
-            if reason is not None:
-                self.rebuild_index(index, key, model_id, dim, reason, background=background)
-            return index
-        ids, vecs = build_source(self, key, model_id, dim, policy)
-        index = VectorIndex.build(dim, ids, vecs, policy, place=path)
-        if path.exists() or count:
-            log.warning(
-                "FAISS index %s is %s; rebuilt it from %d stored embeddings", path.name, why, count
-            )
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)  # a server's database: maybe new
-            index.save(path, generation)
-        except OSError as exc:  # a read-only home still answers queries
-            log.warning("cannot save rebuilt index %s: %s", path, exc)
-        return index
 
     def rebuild_index(
         self,
@@ -314,57 +283,9 @@ class Home:
         *,
         background: bool = True,
     ) -> None:
-        """Rebuild `index` in place from the stored embeddings, then save it atomically.
-
-        In the background, searches keep using the old structure until the new one is
-        swapped in; the file is saved only if the database did not change meanwhile (a
-        later load then finds it valid). One rebuild per index file at a time per process.
-        """
-        path = self.index_path(key)
-        with _rebuilds_lock:
-            if path in _rebuilds:
-                return
-            _rebuilds.add(path)
-        snapshot: dict[str, int] = {}
-        policy = self.policy
-
-        def load() -> tuple[Ids, Vectors]:
-            from indexer.derived import build_source
-
-            before = self.generation(model_id)
-            ids, vecs = build_source(self, key, model_id, dim, policy)
-            snapshot["generation"] = before if self.generation(model_id) == before else -1
-            return ids, vecs
-
-        def done(rebuilt: VectorIndex, clean: bool) -> None:
-            generation = snapshot.get("generation", -1)
-            if clean and generation >= 0 and generation == self.generation(model_id):
-                try:
-                    rebuilt.save(path, generation)
-                except OSError as exc:
-                    log.warning("cannot save rebuilt index %s: %s", path, exc)
-
-        def release() -> None:
-            with _rebuilds_lock:
-                _rebuilds.discard(path)
-
-        log.info(
-            "FAISS index %s (%s): %s; rebuilding it%s",
-            path.name,
-            index.kind,
-            reason,
-            " in the background" if background else "",
-        )
-        if background:
-            if index.rebuild_async(load, done, on_exit=release) is None:
-                release()
-            return
-        try:
-            ids, vecs = load()
-            index.replace_with(VectorIndex.build(dim, ids, vecs, policy, place=path))
-            done(index, True)
-        finally:
-            release()
+        """Rebuild `index` in place from the stored embeddings, then save it atomically (see
+        `indexer.indexload.rebuild_index`)."""
+        indexload.rebuild_index(self, index, key, model_id, dim, reason, background=background)
 
     # -- libraries ----------------------------------------------------------------------------
     def add_libraries(self, paths: list[str]) -> None:

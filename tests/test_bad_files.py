@@ -82,7 +82,7 @@ def _read_stage_as_nobody(folder: Path, known: set[str]) -> dict[str, str] | Non
     switched to the `nobody` user; None if no user can be switched to."""
     import json
 
-    from indexer.pipeline import read
+    from indexer.reading import read
     from indexer.types import Failure, FileEntry, Job
 
     paths = sorted(str(p) for p in folder.iterdir())
