@@ -80,7 +80,7 @@ def demo(
     )
     if no_serve:
         return
-    from api.cli import serve
+    from api.cli_serve import serve
 
     serve(host=host, port=port if _free(host, port) else 0)
 

@@ -12,19 +12,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from indexer.browse import file_time, order_by_date
-from indexer.db import Model
 from indexer.encoder import ClipEncoder
 from indexer.errors import IndexDamaged, InvalidInput
 from indexer.filters import allowed_ids, undated_notice
 from indexer.home import Home
-from indexer.lookups import id_range
 from indexer.types import Embeddings
-from indexer.vecstore import VectorStore
 from indexer.vectors import Ids, VectorIndex
 from search import rerank
 from search.captions import CaptionService
+from search.index_state import IndexState, RequestState
 from search.query import Hit, Query, SearchResult
-from search.query_vectors import QueryVectors
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +34,8 @@ SELECTIVE = 0.2
 #: Matches sorted by date: at most this many of the best (the cut-off ends most lists sooner;
 #: the rerank scores 4x as many candidates, and its duplicate collapse grows with the square).
 DATE_SORT_POOL = 400
-#: Images scored per query to learn its background level (see `rerank.background_level`).
-BACKGROUND_SAMPLE = 2000
-#: Seconds a background sample is kept while the collection does not change.
-BACKGROUND_TTL = 300.0
 #: Rows of vectors kept with cached rankings (later pages, captions), all entries together.
 PAGE_CACHE_ROWS = 100_000
-#: Indexes at least this large are reloaded in a background thread.
-BACKGROUND_RELOAD = 100_000
 #: A filter allowing at most this many images is scored exactly from the vector file.
 EXACT_FILTERED = 20_000
 
@@ -64,17 +55,6 @@ def single_threaded_numpy_blas() -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class _State:
-    """What one request needs of the home, resolved once: model, generation, index, sample."""
-
-    model: Model
-    index: VectorIndex
-    generation: int
-    background: Embeddings
-    store: VectorStore | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class _Ranking:
     """A query's ranked candidates: ids and exact scores, best first, with their vectors."""
 
@@ -85,7 +65,7 @@ class _Ranking:
     below: int = 0  # candidates dropped for scoring under the cut-off
 
 
-class Searcher(QueryVectors):
+class Searcher(IndexState):
     """Answers queries over one home with one encoder; safe to share between threads."""
 
     def __init__(
@@ -94,111 +74,10 @@ class Searcher(QueryVectors):
         single_threaded_numpy_blas()
         super().__init__(home, encoder)
         self.captions = captions
-        self._index: VectorIndex | None = None
-        self._generation = -1
-        self._lock = threading.Lock()
-        self._background: tuple[float, int, Embeddings] | None = None
         self._pages: OrderedDict[tuple[object, ...], tuple[tuple[int, int], _Ranking]] = (
             OrderedDict()
         )
         self._pages_lock = threading.Lock()
-
-    # -- state ----------------------------------------------------------------------------
-    def model(self) -> Model:
-        """The stored model the encoder writes to; an error if nothing is indexed with it."""
-        row = self._model_row()
-        if row is None:
-            raise InvalidInput(
-                f"nothing is indexed with model {self.encoder.key} in {self.home.path} yet: "
-                "run `pixsearch index FOLDER` first"
-            )
-        return row
-
-    def _model_row(self) -> Model | None:
-        # One query gives the model's id, dimension and generation.
-        return self.home.model_row(self.encoder.key) if self.home.exists() else None
-
-    def index(self) -> VectorIndex:
-        """The current FAISS index; reloaded (or rebuilt) when the database has moved on."""
-        return self._index_for(self.model())
-
-    def _index_for(self, model: Model) -> VectorIndex:
-        """The index for the model row just read (its generation says whether to reload).
-
-        The new index is built first and then swapped in: queries in flight keep the old one.
-        A large index is reloaded in the background while queries go on with the old one.
-        """
-        generation = int(model.generation or 0)
-        current = self._index
-        if current is not None and generation == self._generation:
-            return current
-        if current is None or len(current) < BACKGROUND_RELOAD:
-            with self._lock:
-                if self._index is None or generation != self._generation:
-                    self._load(model, generation)
-                assert self._index is not None
-                return self._index
-        if self._lock.acquire(blocking=False):
-            threading.Thread(
-                target=self._reload_in_background,
-                args=(model, generation),
-                daemon=True,
-                name="pixsearch-reload",
-            ).start()
-        return current
-
-    def _state(self) -> _State | None:
-        """Model, index and background sample for one request; None if nothing is indexed."""
-        model = self._model_row()
-        if model is None:
-            return None
-        index = self._index_for(model)
-        generation = int(model.generation or 0)
-        background = self._background_sample(model, generation)
-        return _State(model, index, generation, background, self._store)
-
-    def _load(self, model: Model, generation: int) -> None:
-        fresh = self.home.load_index(model.name, model.id, model.dim)
-        store = self.home.vector_store(model.name, model.id, model.dim)
-        self._index, self._store, self._generation = fresh, store, generation
-
-    def _rebuild(self, model: Model, why: str) -> VectorIndex:
-        """A fresh index from the stored embeddings, in place of one that failed."""
-        with self._lock:
-            fresh = self.home.load_index(model.name, model.id, model.dim, rebuild=why)
-            self._index, self._generation = fresh, int(model.generation or 0)
-        return fresh
-
-    def _reload_in_background(self, model: Model, generation: int) -> None:
-        try:
-            self._load(model, generation)
-        except Exception:  # the old index keeps answering; the next query tries again
-            log.exception("reloading the index failed")
-        finally:
-            self._lock.release()
-
-    def _background_sample(self, model: Model, generation: int) -> Embeddings:
-        """A fixed random sample of the collection's vectors (all of a small collection)."""
-        now = time.monotonic()
-        cached = self._background
-        if cached is not None and (
-            cached[1] == generation
-            # A large sample is costly to redraw while an indexing run changes the collection
-            # with every batch; a partial one (a small collection, sampled whole) is not.
-            or (now - cached[0] < BACKGROUND_TTL and len(cached[2]) >= BACKGROUND_SAMPLE // 2)
-        ):
-            return cached[2]
-        lo, hi = id_range(self.home) or (None, None)
-        if lo is None or hi is None:
-            vecs = np.zeros((0, model.dim), np.float32)
-        elif hi - lo + 1 <= BACKGROUND_SAMPLE:
-            _, vecs = self.home.stored_vectors(model.id, model.dim, np.arange(lo, hi + 1))
-        else:
-            rng = np.random.default_rng(0)
-            pick = np.unique(rng.integers(lo, hi + 1, size=BACKGROUND_SAMPLE))
-            _, vecs = self.stored(model, pick)
-        self._background = (now, generation, vecs)
-        return vecs
 
     # -- the search -----------------------------------------------------------------------
     def search(self, q: Query) -> SearchResult:
@@ -279,7 +158,7 @@ class Searcher(QueryVectors):
         return max(floor, rerank.auto_cutoff(background @ vec, z))
 
     def _ranked(
-        self, q: Query, vec: Embeddings, state: _State, need: int, cutoff: float
+        self, q: Query, vec: Embeddings, state: RequestState, need: int, cutoff: float
     ) -> _Ranking:
         # Same query, same data: serve later pages from the ranking the first page made.
         key = (
@@ -312,7 +191,9 @@ class Searcher(QueryVectors):
                 rows -= len(old.ids)
         return ranking
 
-    def _rank(self, q: Query, vec: Embeddings, state: _State, need: int, cutoff: float) -> _Ranking:
+    def _rank(
+        self, q: Query, vec: Embeddings, state: RequestState, need: int, cutoff: float
+    ) -> _Ranking:
         model, index = state.model, state.index
         allowed: Ids | None = None
         if q.filters.active():
