@@ -63,7 +63,7 @@ def watch(
     hidden: Annotated[bool, typer.Option("--hidden", help="Include hidden files/folders.")] = False,
 ) -> None:
     """Index folders, then keep indexing them as photos are added, changed, moved or deleted."""
-    from api.cli import settings
+    from api.cli_common import settings
     from indexer.encoder import get_encoder
     from indexer.home import Home
     from indexer.watch import Watcher
