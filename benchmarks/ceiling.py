@@ -134,7 +134,8 @@ def read_ms(paths: list[Path], encoder: ClipEncoder, max_pixels: int = 10**9) ->
 
     start = time.process_time()
     for path in paths:
-        done = read(Job(FileEntry(str(path), 0, 0), "new"), set(), encoder, max_pixels)
+        job = Job(FileEntry(str(path), 0, 0), "new")
+        done = read(job, set(), encoder.preprocess, max_pixels)
         if isinstance(done, Failure):
             raise SystemExit(f"cannot read {done.path}: {done.error}")
     return (time.process_time() - start) / len(paths) * 1000
