@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 
 import numpy as np
@@ -19,28 +18,12 @@ from indexer.db import Image
 from indexer.errors import InvalidInput
 from indexer.filter_sql import date_window
 from indexer.home import Home
+from indexer.types import Filters
 from indexer.vectors import Ids
 
 log = logging.getLogger(__name__)
 
 _FORMAT_ALIASES = {"jpg": "jpeg", "jpe": "jpeg", "tif": "tiff", "heic": "heif"}
-
-
-@dataclass(frozen=True, slots=True)
-class Filters:
-    """Metadata conditions; every one given must hold."""
-
-    taken_after: date | datetime | None = None
-    taken_before: date | datetime | None = None
-    path_prefix: str | None = None
-    camera: str | None = None
-    min_width: int | None = None
-    min_height: int | None = None
-    format: str | None = None
-
-    def active(self) -> bool:
-        """Whether any condition is set."""
-        return any(getattr(self, f) not in (None, "") for f in self.__slots__)
 
 
 def _start(d: date | datetime) -> datetime:

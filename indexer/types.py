@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Literal
 
 import numpy as np
@@ -103,3 +103,20 @@ class IndexReport:
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 2),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """Metadata conditions; every one given must hold."""
+
+    taken_after: date | datetime | None = None
+    taken_before: date | datetime | None = None
+    path_prefix: str | None = None
+    camera: str | None = None
+    min_width: int | None = None
+    min_height: int | None = None
+    format: str | None = None
+
+    def active(self) -> bool:
+        """Whether any condition is set."""
+        return any(getattr(self, f) not in (None, "") for f in self.__slots__)

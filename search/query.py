@@ -8,8 +8,7 @@ from typing import Literal
 
 import numpy as np
 
-from indexer.filters import Filters
-from indexer.types import Embeddings
+from indexer.types import Embeddings, Filters
 
 __all__ = ["RERANK_MODES", "Filters", "Hit", "Query", "RerankMode", "SearchResult", "unit"]
 
