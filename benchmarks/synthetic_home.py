@@ -18,6 +18,8 @@ from pathlib import Path
 import common
 import numpy as np
 
+from indexer.stored import encode
+
 DIM = 512
 
 
@@ -150,7 +152,7 @@ def write_home(
             )
             conn.executemany(
                 "INSERT INTO embeddings (content_hash, model_id, vector) VALUES (?, ?, ?)",
-                ((f"{first + j:032x}", model_id, part[j].tobytes()) for j in range(m)),
+                ((f"{first + j:032x}", model_id, encode(part[j])) for j in range(m)),
             )
             conn.commit()
             done += m

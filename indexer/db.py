@@ -161,7 +161,8 @@ class Model(Base):
 
 
 class Embedding(Base):
-    """A unit-norm float32 vector per (file content, model): identical files share one."""
+    """A unit-norm vector per (file content, model), stored as float16 (`indexer.stored`):
+    identical files share one."""
 
     __tablename__ = "embeddings"
 

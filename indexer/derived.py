@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from sqlalchemy import func, select
 
+from indexer import stored
 from indexer.db import Embedding, Image
 from indexer.faiss_ops import Ids
 from indexer.policy import Policy, choose_kind
@@ -43,7 +44,7 @@ def iter_vectors(home: Home, model_id: int, dim: int) -> Iterator[tuple[Ids, Emb
         if not rows:
             return
         ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
-        vecs = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(-1, dim)
+        vecs = stored.decode([r[1] for r in rows], dim)
         last = int(ids[-1])
         yield ids, vecs
 

@@ -15,7 +15,7 @@ from sqlalchemy import ColumnElement, Engine, event, func, select, update
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.orm import Session
 
-from indexer import db, homeerrors, indexload
+from indexer import db, homeerrors, indexload, stored
 from indexer.db import Embedding, Image, Library, Model
 from indexer.errors import HomeError
 from indexer.policy import Policy
@@ -260,7 +260,7 @@ class Home:
                 for row in conn.execute(stmt.where(Image.id.in_(part))):
                     out_ids.append(row[0])
                     chunks.append(row[1])
-        vecs = np.frombuffer(b"".join(chunks), dtype=np.float32).reshape(-1, dim)
+        vecs = stored.decode(chunks, dim)
         return np.asarray(out_ids, dtype=np.int64), vecs
 
     def load_index(

@@ -95,9 +95,7 @@ class Int8Towers:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._sessions = {
-                tower: ort.InferenceSession(
-                    str(path), options, providers=["CPUExecutionProvider"]
-                )
+                tower: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
                 for tower, path in paths.items()
             }
         except Exception as exc:  # ORT raises its own exception types for corrupt files

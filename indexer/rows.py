@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from indexer import stored
 from indexer.types import Embeddings
 from indexer.vectors import Ids
 
@@ -15,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 def collect_vectors(rows: Iterable[Any], dim: int, expected: int) -> tuple[Ids, Embeddings]:
-    """(ids, vectors) from (id, float32 blob) rows, into arrays sized for `expected` rows."""
+    """(ids, vectors) from (id, stored blob) rows, into arrays sized for `expected` rows."""
     out_ids = np.empty(max(expected, 1), np.int64)
     out = np.empty((max(expected, 1), dim), np.float32)
     n = 0
@@ -32,7 +33,7 @@ def collect_vectors(rows: Iterable[Any], dim: int, expected: int) -> tuple[Ids, 
             grown[:n] = out[:n]
             out = grown
         out_ids[n : n + m] = block_ids
-        out[n : n + m] = np.frombuffer(b"".join(block), np.float32).reshape(m, dim)
+        out[n : n + m] = stored.decode(block, dim)
         n += m
         block_ids.clear()
         block.clear()

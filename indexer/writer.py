@@ -9,6 +9,7 @@ import numpy as np
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from indexer import stored
 from indexer.db import Caption, Embedding, Image, Model
 from indexer.dialects import insert_ignoring, write_lock
 from indexer.home import Home
@@ -211,7 +212,7 @@ class Writer:
             {
                 "content_hash": digest,
                 "model_id": self.model.id,
-                "vector": np.asarray(fresh[digest], np.float32).tobytes(),
+                "vector": stored.encode(fresh[digest]),
             }
             for digest in sorted(set(fresh) - have)
         ]
@@ -229,7 +230,7 @@ class Writer:
                 )
             )
             for digest, blob in rows:
-                out[digest] = np.frombuffer(blob, np.float32, count=dim)
+                out[digest] = stored.decode_one(blob, dim)
         return out
 
     def _metas(self, s: Session, items: list[Prepared]) -> dict[str, ImageMeta]:

@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 from sqlalchemy import select
 
+from indexer import stored
 from indexer.db import Caption
 from indexer.dialects import insert_ignoring, keyword_search
 from indexer.errors import ModelUnavailable
@@ -252,6 +253,6 @@ def caption_missing(
     items = list(seen.items())
     for start in range(0, len(items), batch):
         part = items[start : start + batch]
-        vecs = np.frombuffer(b"".join(b for _, (_, b) in part), np.float32).reshape(-1, dim)
+        vecs = stored.decode([b for _, (_, b) in part], dim)
         store.ensure([(h, p) for h, (p, _) in part], vecs)
     return len(items)
