@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -121,6 +122,30 @@ def _remove(index: Any, ids: Ids) -> None:
         index.remove_ids(faiss.IDSelectorBatch(arr))
 
 
+def smallest_nprobe(
+    index: Any,
+    queries: Embeddings,
+    want: int,
+    truth: npt.NDArray[np.int64],
+    top_of: Callable[[Ids], npt.NDArray[np.int64]],
+    *,
+    limit: int,
+    target: float,
+) -> tuple[int, float]:
+    """Walk nprobe up a ladder to `limit`: the first value whose `want` hits per query,
+    re-scored by `top_of` (hit ids -> the top k's row positions), reach `target` recall
+    against `truth`, with that recall; (`limit`, its recall) when none does. Leaves the
+    index's nprobe set to the value returned."""
+    recall = 0.0
+    for nprobe in _probe_ladder(limit):
+        index.nprobe = nprobe
+        _, found = index.search(queries, want)
+        recall = _recall(top_of(found), truth)
+        if recall >= target:
+            return nprobe, recall
+    return limit, recall
+
+
 def _probe_ladder(limit: int) -> list[int]:
     out, value = [], 1.0
     while value < limit:
@@ -206,21 +231,19 @@ def tune_nprobe(
     order = np.argsort(ids, kind="stable")
     sorted_ids = ids[order]
     limit = max(1, int(index.nlist * max_fraction))
-    best, recall = limit, 0.0
-    for nprobe in _probe_ladder(limit):
-        index.nprobe = nprobe
-        _, found = index.search(sample, min(want, len(ids)))
+
+    def top_of(found: Ids) -> npt.NDArray[np.int64]:
         at = np.clip(np.searchsorted(sorted_ids, found), 0, len(ids) - 1)
         valid = sorted_ids[at] == found
         pos = order[at]
         scores = np.einsum("qcd,qd->qc", vecs[pos], sample)
         scores[~valid] = -np.inf
-        top = np.take_along_axis(pos, np.argsort(-scores, axis=1)[:, :k], axis=1)
-        recall = _recall(top, truth)
-        if recall >= target:
-            best = nprobe
-            break
-    else:
+        return np.take_along_axis(pos, np.argsort(-scores, axis=1)[:, :k], axis=1)
+
+    _, recall = smallest_nprobe(
+        index, sample, min(want, len(ids)), truth, top_of, limit=limit, target=target
+    )
+    if recall < target:
         log.warning(
             "IVF index reaches recall@%d %.3f at nprobe %d (target %.2f): the vectors "
             "are hardly clustered",
@@ -229,5 +252,4 @@ def tune_nprobe(
             limit,
             target,
         )
-    index.nprobe = best
     return recall

@@ -218,7 +218,7 @@ def tune(
 ) -> float:
     """Set nprobe to the smallest value reaching `target` recall@k after exact re-scoring of
     `want` hits, on sample queries (ground truth by blocks over every vector)."""
-    from indexer.faiss_ops import _probe_ladder, _recall, tuning_queries
+    from indexer.faiss_ops import smallest_nprobe, tuning_queries
 
     rng = np.random.default_rng(1)
     # Each query re-scores `want` rows read at random from the vector file: fewer queries
@@ -226,22 +226,19 @@ def tune(
     queries = min(queries, TUNING_QUERIES)
     sample = tuning_queries(_sample(ids, rows, min(len(ids), 20_000)), queries, rng)
     truth = _exact_by_blocks(rows, sample, k)
-    limit = max(1, int(index.nlist * max_fraction))
-    best, recall = limit, 0.0
-    for nprobe in _probe_ladder(limit):
-        index.nprobe = nprobe
-        _, found = index.search(sample, min(want, len(ids)))
+
+    def top_of(found: Ids) -> np.ndarray:
         at = np.clip(np.searchsorted(ids, found), 0, len(ids) - 1)
         valid = (ids[at] == found) & (found >= 0)
         cand = rows.take(at.reshape(-1)).reshape(len(sample), -1, index.d)
         scores = np.einsum("qcd,qd->qc", cand, sample)
         scores[~valid] = -np.inf
-        top = np.take_along_axis(at, np.argsort(-scores, axis=1)[:, :k], axis=1)
-        recall = _recall(top, truth)
-        if recall >= target:
-            best = nprobe
-            break
-    index.nprobe = best
+        return np.take_along_axis(at, np.argsort(-scores, axis=1)[:, :k], axis=1)
+
+    limit = max(1, int(index.nlist * max_fraction))
+    _, recall = smallest_nprobe(
+        index, sample, min(want, len(ids)), truth, top_of, limit=limit, target=target
+    )
     return recall
 
 
