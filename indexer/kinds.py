@@ -2,7 +2,7 @@
 approximate scores need, how ids go in and out, how it is searched (a registry by family).
 
 Families: ``flat32`` (exact float32, older files), ``flat16`` (``SQfp16``), ``sq8``
-(``IVF..,SQ8``), ``pq`` (``IVF..,PQ..``), ``ondisk`` (``OnDisk,IVF..,PQ..``, see
+(``IVF..,SQ8``), ``pq`` (``IVF..,PQ..``), ``ondisk`` (``OnDisk,OPQ..,IVF..,PQ..``, see
 `indexer.ondisk`).
 """
 
@@ -59,9 +59,13 @@ KINDS: dict[str, Kind] = {
     "sq8": Kind("sq8", lambda i: f"IVF{i.nlist},SQ8", _ivf_candidates, ivf=True),
     "pq": Kind("pq", lambda i: f"IVF{i.nlist},PQ{i.pq.M}", _pq_candidates, ivf=True),
     "ondisk": Kind(
-        "ondisk", lambda i: f"OnDisk,IVF{i.nlist},PQ{i.pq.M}", _ondisk_candidates, ivf=True
+        "ondisk", lambda i: f"OnDisk,{_opq(i)}IVF{i.nlist},PQ{i.pq.M}", _ondisk_candidates, ivf=True
     ),
 }
+
+
+def _opq(index: Any) -> str:
+    return "" if getattr(index, "rotation", None) is None else f"OPQ{index.pq.M},"
 
 
 def family(index: Any) -> str:

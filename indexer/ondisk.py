@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from indexer.faiss_ops import Ids, Scores, _faiss
 from indexer.types import Embeddings
@@ -49,6 +50,16 @@ LISTS_FILE = "lists.ivfdata"
 IDS_FILE = "ids.npy"
 META_FILE = "meta.json"
 TRAINED_FILE = "trained.index"
+ROTATION_FILE = "rotation.npy"
+
+#: An OPQ rotation (d, d), orthogonal: its vectors go in as ``x @ rotation``.
+Rotation = npt.NDArray[np.float32]
+
+
+def rotate(vecs: Embeddings, rotation: Rotation | None) -> Embeddings:
+    """Vectors as an index with this rotation holds them (unchanged without one)."""
+    vecs = np.ascontiguousarray(vecs, np.float32)
+    return vecs if rotation is None else np.ascontiguousarray(vecs @ rotation)
 
 
 class RowBlocks(Protocol):
@@ -89,9 +100,17 @@ class OnDiskIVF:
     ondisk = True
 
     def __init__(
-        self, base: Any, folder: Path, base_ids: Ids, delta: Any, tombstones: Ids | None = None
+        self,
+        base: Any,
+        folder: Path,
+        base_ids: Ids,
+        delta: Any,
+        tombstones: Ids | None = None,
+        rotation: Rotation | None = None,
     ) -> None:
         self.base = base
+        #: The OPQ rotation the base and the delta hold their vectors in (None: none).
+        self.rotation = rotation
         self.folder = folder
         self.base_ids = base_ids  # sorted, memory-mapped
         self.delta = delta
@@ -155,12 +174,13 @@ class OnDiskIVF:
         """Add vectors (replacing any the index holds under the same ids) to the delta."""
         self.remove(ids)
         with self._lock:
-            self.delta.add_with_ids(np.ascontiguousarray(vecs, np.float32), ids)
+            self.delta.add_with_ids(rotate(vecs, self.rotation), ids)
 
     # -- search ---------------------------------------------------------------------------
     def search(self, q: Embeddings, k: int, params: Any = None) -> tuple[Scores, Ids]:
         """FAISS-style search over the base (less its tombstones) and the delta."""
         faiss = _faiss()
+        q = rotate(q, self.rotation)  # inner products are unchanged by it
         nprobe = int(params.nprobe) if params is not None else self.nprobe
         sel = params.sel if params is not None else None
         tomb = self._tombstone_selector()
@@ -242,7 +262,12 @@ def open_base(folder: Path, delta: Any = None, tombstones: Ids | None = None) ->
     if delta is None:
         delta = empty_delta(folder)
     delta.parallel_mode = 1
-    return OnDiskIVF(base, folder, base_ids, delta, tombstones)
+    rotation = None
+    if (folder / ROTATION_FILE).exists():  # bases built before OPQ have none
+        rotation = np.load(folder / ROTATION_FILE).astype(np.float32)
+        if rotation.shape != (base.d, base.d):
+            raise ValueError(f"{ROTATION_FILE} is {rotation.shape}, not {(base.d, base.d)}")
+    return OnDiskIVF(base, folder, base_ids, delta, tombstones, rotation)
 
 
 def empty_delta(folder: Path) -> Any:

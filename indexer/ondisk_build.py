@@ -23,12 +23,15 @@ from indexer.ondisk import (
     IDS_FILE,
     LISTS_FILE,
     META_FILE,
+    ROTATION_FILE,
     TRAINED_FILE,
     DiskFull,
     OnDiskIVF,
+    Rotation,
     RowBlocks,
     _quiet_stdout,
     open_base,
+    rotate,
 )
 from indexer.policy import Policy
 from indexer.types import Embeddings
@@ -48,11 +51,29 @@ SMALL_SAMPLE = 100_000
 TUNING_QUERIES = 60
 #: Vectors per shard filled by one thread.
 SHARD_ROWS = 1_000_000
+#: Alternations of rotation and codebooks when training OPQ (FAISS's default is 50; recall
+#: stops improving long before, and each takes seconds on two cores).
+OPQ_ITERATIONS = 20
 
 
-def _parse(kind: str) -> tuple[int, int]:
-    _, head, codec = kind.split(",")
-    return int(head.removeprefix("IVF")), int(codec.removeprefix("PQ"))
+def _parse(kind: str) -> tuple[int, int, bool]:
+    """(lists, PQ sub-quantisers, whether an OPQ rotation comes first) of
+    ``OnDisk[,OPQm],IVFn,PQm``."""
+    parts = kind.split(",")
+    head, codec = parts[-2], parts[-1]
+    return int(head.removeprefix("IVF")), int(codec.removeprefix("PQ")), parts[1].startswith("OPQ")
+
+
+def train_rotation(sample: Embeddings, m: int) -> Rotation:
+    """An OPQ rotation for `m` sub-quantisers, trained on (at most 65,536 of) `sample`:
+    an orthogonal matrix, so inner products, and the vector file, stay as they are."""
+    faiss = _faiss()
+    opq = faiss.OPQMatrix(sample.shape[1], m)
+    opq.niter = OPQ_ITERATIONS
+    opq.max_train_points = PQ_TRAIN_POINTS
+    opq.train(np.ascontiguousarray(sample, np.float32))
+    d = sample.shape[1]
+    return np.ascontiguousarray(faiss.vector_to_array(opq.A).reshape(d, d).T, np.float32)
 
 
 def _sample(ids: Ids, rows: RowBlocks, size: int) -> Embeddings:
@@ -63,10 +84,11 @@ def _sample(ids: Ids, rows: RowBlocks, size: int) -> Embeddings:
     return rows.take(np.sort(rng.choice(n, size, replace=False)))
 
 
-def train(kind: str, dim: int, ids: Ids, rows: RowBlocks) -> Any:
-    """An empty IVF-PQ index of `kind`, its lists and codebooks trained on a sample."""
+def train(kind: str, dim: int, ids: Ids, rows: RowBlocks) -> tuple[Any, Rotation | None]:
+    """An empty IVF-PQ index of `kind`, its lists and codebooks trained on a sample, and the
+    OPQ rotation its vectors go through first (None: the kind has none)."""
     faiss = _faiss()
-    nlist, m = _parse(kind)
+    nlist, m, opq = _parse(kind)
     quantizer: Any
     if nlist >= HNSW_FROM_LISTS:
         quantizer = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
@@ -98,20 +120,30 @@ def train(kind: str, dim: int, ids: Ids, rows: RowBlocks) -> Any:
     if len(sample) < SMALL_SAMPLE:
         faiss.omp_set_num_threads(1)  # OpenMP's spinning threads cost more than they give
     try:
-        index.train(sample)
+        rotation = train_rotation(sample, m) if opq else None
+        index.train(sample if rotation is None else sample @ rotation)
     finally:
         faiss.omp_set_num_threads(omp)
     took = time.perf_counter() - started
     log.info("trained %s on %d vectors in %.1fs", kind, min(size, len(ids)), took)
-    return index
+    return index, rotation
 
 
-def _fill_shard(trained: Any, ids: Ids, rows: RowBlocks, start: int, stop: int, out: str) -> None:
+def _fill_shard(
+    trained: Any,
+    rotation: Rotation | None,
+    ids: Ids,
+    rows: RowBlocks,
+    start: int,
+    stop: int,
+    out: str,
+) -> None:
     faiss = _faiss()
     shard = faiss.clone_index(trained)
     for lo in range(start, stop, BLOCK_ROWS):
         hi = min(stop, lo + BLOCK_ROWS)
-        shard.add_with_ids(rows.block(lo, hi), np.ascontiguousarray(ids[lo:hi]))
+        block = rows.block(lo, hi)
+        shard.add_with_ids(rotate(block, rotation), np.ascontiguousarray(ids[lo:hi]))
     faiss.write_index(shard, out)
 
 
@@ -139,8 +171,10 @@ def build(
     started = time.perf_counter()
     try:
         folder.mkdir(parents=True)
-        trained = train(kind, dim, ids, rows)
+        trained, rotation = train(kind, dim, ids, rows)
         faiss.write_index(trained, str(folder / TRAINED_FILE))
+        if rotation is not None:
+            np.save(folder / ROTATION_FILE, rotation)
         n = len(ids)
         shards = [(lo, min(n, lo + SHARD_ROWS)) for lo in range(0, n, SHARD_ROWS)]
         names = [str(folder / f"shard-{i}.index") for i in range(len(shards))]
@@ -151,7 +185,7 @@ def build(
         try:
             with ThreadPoolExecutor(max_workers=min(workers, len(shards)) or 1) as pool:
                 futures = [
-                    pool.submit(_fill_shard, trained, ids, rows, lo, hi, name)
+                    pool.submit(_fill_shard, trained, rotation, ids, rows, lo, hi, name)
                     for (lo, hi), name in zip(shards, names, strict=True)
                 ]
                 for f in futures:

@@ -219,7 +219,7 @@ class VectorIndex:
             return cls._build_ondisk(kind, dim, ids, vectors, p, place)
         if kind.startswith("OnDisk"):
             log.warning("no file to keep an on-disk index beside; building it in memory")
-            kind = kind.removeprefix("OnDisk,")
+            kind = ",".join(p for p in kind.split(",") if not p.startswith(("OnDisk", "OPQ")))
         rows = vectors if isinstance(vectors, np.ndarray) else vectors.block(0, n)
         vecs = np.ascontiguousarray(rows, np.float32).reshape(n, dim)
         started = time.perf_counter()

@@ -80,10 +80,13 @@ def _recall(index: VectorIndex, home: Home, model_id: int, qs: np.ndarray) -> fl
 
 def test_a_very_large_collection_gets_a_memory_mapped_on_disk_index(big: Settings) -> None:
     home, index, model_id = _load(big)
-    assert index.kind.startswith("OnDisk,IVF") and index.kind.endswith(",PQ4")
+    assert index.kind.startswith("OnDisk,OPQ4,IVF") and index.kind.endswith(",PQ4")
     assert index.nprobe > 0 and len(index) == N
     bases = list(home.path.glob("index-*.ondisk-*"))
     assert len(bases) == 1 and (bases[0] / ondisk.LISTS_FILE).stat().st_size > 0
+    # The codes are of rotated vectors; the rotation keeps inner products.
+    rotation = np.load(bases[0] / ondisk.ROTATION_FILE)
+    np.testing.assert_allclose(rotation @ rotation.T, np.eye(DIM), atol=1e-4)
     assert _recall(index, home, model_id, _clustered(100, 9)) >= 0.95
 
     # A new process (here: a new Home) opens the saved files instead of building again, and
@@ -223,3 +226,18 @@ def test_an_indexing_run_adds_to_the_on_disk_index_and_the_vector_file(
     assert np.abs(rows - home.stored_vectors(model_id, DIM, ids)[1]).max() < 1e-3
     for i, row in zip(ids, rows, strict=True):
         assert i in after.search(row[None], 10)[1][0]
+
+
+def test_a_base_built_before_opq_still_opens_and_searches(tmp_path: Path) -> None:
+    vecs = _clustered(2000, 4)
+    ids = np.arange(1, 2001, dtype=np.int64)
+    place = tmp_path / "index-old.faiss"
+    built = ondisk_build.build("OnDisk,IVF16,PQ4", DIM, ids, ondisk.ArrayRows(vecs), place)
+    assert not (built.folder / ondisk.ROTATION_FILE).exists()
+    index = VectorIndex(DIM, ondisk.open_base(built.folder), built=2000)
+    assert index.kind == "OnDisk,IVF16,PQ4"
+    index.index.nprobe = 16
+    _, found = index.search(vecs[:5], index.candidates(1))
+    assert all(i in row for i, row in zip(ids[:5], found, strict=True))
+    index.add(np.array([3000]), -vecs[:1])  # into its delta, unrotated as the base
+    assert 3000 in index.search(-vecs[:1], index.candidates(1))[1][0]
