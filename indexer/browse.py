@@ -167,7 +167,7 @@ def browse(
 ) -> BrowsePage:
     """The photos the filters allow, by date ("-date": newest first), one page of them; the
     first page also counts the photos per month (for a month jumper)."""
-    conds = conditions(filters)
+    conds = conditions(filters, home)
     key = WHEN.desc() if sort == "-date" else WHEN.asc()
     tie = Image.id.desc() if sort == "-date" else Image.id.asc()
     stmt = select(Image).where(*conds).order_by(key, tie).offset(offset).limit(k)
@@ -187,7 +187,7 @@ def month_counts(home: Home, filters: Filters = Filters()) -> list[MonthCount]:
     stmt = (
         select(_MONTH, func.count())
         .select_from(Image)
-        .where(*conditions(filters))
+        .where(*conditions(filters, home))
         .group_by(_MONTH)
         .order_by(_MONTH.desc())
     )
@@ -201,11 +201,11 @@ def undated(home: Home, filters: Filters) -> Undated | None:
     if filters.taken_after is None and filters.taken_before is None:
         return None
     no_date = Image.taken_at.is_(None)
-    others = conditions(replace(filters, taken_after=None, taken_before=None))
+    others = conditions(replace(filters, taken_after=None, taken_before=None), home)
     with home.engine.connect() as conn:
         allowed = conn.scalar(select(func.count()).where(no_date, *others).select_from(Image))
         matched = conn.scalar(
-            select(func.count()).where(no_date, *conditions(filters)).select_from(Image)
+            select(func.count()).where(no_date, *conditions(filters, home)).select_from(Image)
         )
     allowed, matched = int(allowed or 0), int(matched or 0)
     return Undated(allowed, matched, allowed - matched)

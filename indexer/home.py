@@ -43,6 +43,8 @@ class Home:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.path = Path(settings.home).expanduser()
+        #: Small answers derived from the database, each with the generation it was read at.
+        self.cache: dict[str, tuple[int, object]] = {}
 
     @cached_property
     def dialect(self) -> str:

@@ -202,3 +202,49 @@ def test_upgrading_a_home_dates_the_photos_indexed_before(tmp_path: Path) -> Non
     assert [r.shown_at for r in rows] == [shown_date(t, m) for t, m, _ in rows]
     assert rows[0].shown_at == datetime(2019, 3, 4, 5, 6)
     assert rows[1].shown_at == datetime(2021, 6, 1, 12)  # the file's local time
+
+
+def test_a_camera_filter_reads_the_camera_index_and_follows_new_photos(
+    env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from PIL import Image as PILImage
+    from sqlalchemy import select
+    from sqlalchemy.dialects import sqlite
+
+    from indexer.db import Image
+    from indexer.filters import conditions
+    from indexer.home import Home
+    from indexer.settings import Settings
+    from indexer.types import Filters
+    from tests.helpers import run_cli
+
+    monkeypatch.delenv("PIXSEARCH_DATABASE_URL", raising=False)  # the `client` fixture's
+    folder = tmp_path / "photos"
+    make_dated_photos(folder)
+    assert run_cli(capsys, "index", str(folder)).code == 0
+    with TestClient(create_app()) as c:
+        assert c.get("/images", params={"camera": "leica"}).json()["total"] == 0
+        # A camera new to the collection: the running server's filter finds it at once.
+        exif = PILImage.Exif()
+        exif[0x010F], exif[0x0110] = "Leica", "Q2"
+        picture(99).save(folder / "new.jpg", exif=exif)
+        assert run_cli(capsys, "index", str(folder)).code == 0
+        assert _names(c.get("/images", params={"camera": "LEICA q"}).json()["items"]) == ["new.jpg"]
+        body = post_search(c, text="a photo", cutoff=False, filters={"camera": "leica"})
+        assert _names(body["results"]) == ["new.jpg"]
+        # Make and model both, or either one; a '%' is a character, not a wildcard.
+        assert c.get("/images", params={"camera": "canon eos r5"}).json()["total"] == 2
+        assert c.get("/images", params={"camera": "iphone"}).json()["total"] == 2
+        assert c.get("/images", params={"camera": "%"}).json()["total"] == 0
+
+    # The rows are found through the (make, model) index, never by reading the whole table.
+    home = Home(Settings())
+    stmt = select(Image.id).where(*conditions(Filters(camera="canon"), home))
+    sql = str(stmt.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}))
+    with home.engine.connect() as conn:
+        plan = [str(row[-1]) for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql)]
+    assert any("ix_images_camera" in step for step in plan), plan
+    assert not any(step.startswith("SCAN") for step in plan), plan
