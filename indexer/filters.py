@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
@@ -146,15 +147,51 @@ def camera_pairs(home: Home) -> list[tuple[str | None, str | None]]:
     return pairs
 
 
-def allowed_ids(home: Home, f: Filters) -> Ids:
-    """Ids of the images the filters allow, sorted."""
-    stmt = select(Image.id).where(*conditions(f, home)).order_by(Image.id)
+def allowed_ids(home: Home, f: Filters, limit: int | None = None) -> Ids | None:
+    """Ids of the images the filters allow, sorted; None when more than `limit` are (a
+    broad filter at ten million photos would allow millions: test candidates with
+    `Allowed.among` instead)."""
+    # Unordered: with ORDER BY and LIMIT a database may walk the id order and test every
+    # row; without, it reads the filter's own index and stops after `limit`.
+    stmt = select(Image.id).where(*conditions(f, home))
+    if limit is not None:
+        stmt = stmt.limit(limit + 1)
     with home.engine.connect() as conn:
         # The driver's fetchall, not SQLAlchemy's row-by-row iteration: a broad filter
         # allows tens of thousands of ids, and per-row Python held the GIL ~28 ms per query
         # (12k ids), stalling every other request of the server.
         rows = conn.execute(stmt).cursor.fetchall()
-    return np.array(rows, dtype=np.int64).reshape(-1)
+    if limit is not None and len(rows) > limit:
+        return None
+    return np.sort(np.array(rows, dtype=np.int64).reshape(-1))
+
+
+@dataclass(frozen=True)
+class Allowed:
+    """What a query's filters allow: every id (`ids`, sorted) when they allow few enough to
+    read, else None there, and candidates are tested against the filters in SQL."""
+
+    home: Home
+    filters: Filters
+    ids: Ids | None
+
+    def among(self, ids: Ids) -> Ids:
+        """Those of `ids` the filters allow, in their order."""
+        if self.ids is not None:
+            return ids[np.isin(ids, self.ids)]
+        ok: list[int] = []
+        conds = conditions(self.filters, self.home)
+        with self.home.engine.connect() as conn:
+            for start in range(0, len(ids), 900):
+                part = [int(i) for i in ids[start : start + 900]]
+                stmt = select(Image.id).where(Image.id.in_(part), *conds)
+                ok.extend(r[0] for r in conn.execute(stmt).cursor.fetchall())
+        return ids[np.isin(ids, np.asarray(ok, np.int64))]
+
+
+def allowed(home: Home, f: Filters, limit: int) -> Allowed:
+    """What the filters allow, reading at most `limit` ids (see `Allowed`)."""
+    return Allowed(home, f, allowed_ids(home, f, limit))
 
 
 def count_undated(home: Home) -> int:

@@ -14,7 +14,7 @@ import numpy as np
 from indexer.browse import file_time, order_by_date
 from indexer.encoder import ClipEncoder
 from indexer.errors import IndexDamaged, InvalidInput
-from indexer.filters import allowed_ids, undated_notice
+from indexer.filters import Allowed, allowed, undated_notice
 from indexer.home import Home
 from indexer.types import Embeddings
 from indexer.vectors import Ids, VectorIndex
@@ -38,6 +38,10 @@ DATE_SORT_POOL = 400
 PAGE_CACHE_ROWS = 100_000
 #: A filter allowing at most this many images is scored exactly from the vector file.
 EXACT_FILTERED = 20_000
+#: Most ids a filter's SQL returns per query; past that (and SELECTIVE), the candidates of an
+#: unfiltered search are tested against the filter instead (one camera of three at ten
+#: million photos would otherwise read 3M ids, ~1 s, per query).
+BROAD_IDS = 250_000
 
 
 def single_threaded_numpy_blas() -> None:
@@ -195,10 +199,11 @@ class Searcher(IndexState):
         self, q: Query, vec: Embeddings, state: RequestState, need: int, cutoff: float
     ) -> _Ranking:
         model, index = state.model, state.index
-        allowed: Ids | None = None
+        allows: Allowed | None = None
         if q.filters.active():
-            allowed = allowed_ids(self.home, q.filters)
-            if not len(allowed):
+            limit = max(EXACT_FILTERED, min(int(SELECTIVE * len(index)), BROAD_IDS))
+            allows = allowed(self.home, q.filters, limit)
+            if allows.ids is not None and not len(allows.ids):
                 return _Ranking([], [], np.zeros((0, model.dim), np.float32), True)
         # Even the plain ranking fetches what the index needs for its exact top `need`
         # (a compressed index's scores are approximate) and reports exact scores.
@@ -208,18 +213,19 @@ class Searcher(IndexState):
         # A query with text in it is unlike the image embeddings the index was tuned on.
         unlike = bool((q.text and q.text.strip()) or q.negative)
         try:
-            if allowed is not None and state.store is not None and len(allowed) <= EXACT_FILTERED:
-                ids, exhausted = allowed, True  # all of them are scored exactly below
+            few = allows.ids if allows is not None else None
+            if few is not None and state.store is not None and len(few) <= EXACT_FILTERED:
+                ids, exhausted = few, True  # all of them are scored exactly below
             else:
-                ids, exhausted = self._retrieve(vec, pool, index, allowed, unlike)
+                ids, exhausted = self._retrieve(vec, pool, index, allows, unlike)
         except IndexDamaged as exc:  # rebuilt from the stored embeddings, tried once more
             index = self._rebuild(model, str(exc))
-            ids, exhausted = self._retrieve(vec, pool, index, allowed, unlike)
+            ids, exhausted = self._retrieve(vec, pool, index, allows, unlike)
         lexical = {} if q.rerank == "none" else self._lexical(q)
         if lexical:
             extra = np.setdiff1d(np.fromiter(lexical, np.int64), ids)
-            if allowed is not None:
-                extra = np.intersect1d(extra, allowed)
+            if allows is not None:
+                extra = allows.among(extra)
             ids = np.concatenate([ids, extra])
         # Exact re-score against the stored embeddings (the index may be compressed).
         found, vecs = self.stored(model, ids)
@@ -263,7 +269,7 @@ class Searcher(IndexState):
         return self.captions.keyword_ids(q.text)
 
     def _retrieve(
-        self, vec: Embeddings, n: int, index: VectorIndex, allowed: Ids | None, unlike: bool
+        self, vec: Embeddings, n: int, index: VectorIndex, allows: Allowed | None, unlike: bool
     ) -> tuple[Ids, bool]:
         """(candidate ids, best first by the index's own scores; whether every candidate was
         seen). Their scores are re-computed exactly from the stored embeddings.
@@ -275,11 +281,12 @@ class Searcher(IndexState):
         if total == 0:
             return np.zeros(0, np.int64), True
         q = vec.reshape(1, -1)
-        if allowed is None:
+        if allows is None:
             _, ids = index.search(q, n, unlike=unlike)
             found = _valid(ids[0])
             return found, len(found) < n or n >= total
-        if len(allowed) <= max(n, SELECTIVE * total):
+        allowed = allows.ids
+        if allowed is not None and len(allowed) <= max(n, SELECTIVE * total):
             _, ids = index.search_subset(q, n, allowed, unlike=unlike)
             found = _valid(ids[0])
             return found, len(found) < n or n >= len(allowed)
@@ -287,7 +294,7 @@ class Searcher(IndexState):
         while True:
             _, ids = index.search(q, m, unlike=unlike)
             got = _valid(ids[0])
-            keep = got[np.isin(got, allowed)]
+            keep = allows.among(got)
             if len(keep) >= n:
                 return keep[:n], False
             if m >= total:  # the index returned all it holds: these are all the allowed

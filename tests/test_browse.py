@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -215,7 +216,7 @@ def test_a_camera_filter_reads_the_camera_index_and_follows_new_photos(
     from sqlalchemy.dialects import sqlite
 
     from indexer.db import Image
-    from indexer.filters import conditions
+    from indexer.filters import Allowed, allowed_ids, conditions
     from indexer.home import Home
     from indexer.settings import Settings
     from indexer.types import Filters
@@ -242,6 +243,22 @@ def test_a_camera_filter_reads_the_camera_index_and_follows_new_photos(
 
     # The rows are found through the (make, model) index, never by reading the whole table.
     home = Home(Settings())
+    # A filter too broad to read every id of tests candidates in SQL, with the same answer.
+    every = np.arange(0, 12, dtype=np.int64)[::-1]
+    for f in (
+        Filters(camera="canon"),
+        Filters(format="png"),
+        Filters(taken_after=date(2022, 1, 1)),
+        Filters(camera="apple", min_width=100),
+        Filters(camera="nobody"),
+    ):
+        ids = allowed_ids(home, f)
+        assert ids is not None and allowed_ids(home, f, limit=len(ids)) is not None
+        if len(ids):
+            assert allowed_ids(home, f, limit=len(ids) - 1) is None
+        by_ids = Allowed(home, f, ids).among(every)
+        assert Allowed(home, f, None).among(every).tolist() == by_ids.tolist()
+        assert sorted(by_ids.tolist()) == ids.tolist()
     stmt = select(Image.id).where(*conditions(Filters(camera="canon"), home))
     sql = str(stmt.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}))
     with home.engine.connect() as conn:
