@@ -358,7 +358,7 @@ def main() -> None:
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)
-    if args.json:
+    if args.json or args.write_only:
         common.dump_json({"benchmark": "query", "machine": common.machine(), "results": results})
         return
     m = common.machine()
