@@ -180,6 +180,12 @@ class Settings(BaseSettings):
     index_build_threads: int = Field(
         0, ge=0, le=256, description="Threads filling an on-disk index's shards; 0 = per core."
     )
+    filter_ids_limit: int = Field(
+        250_000,
+        ge=1,
+        description="Most ids a search's filter reads from the database; a broader filter "
+        "tests the candidates of an unfiltered search instead.",
+    )
 
     @model_validator(mode="after")
     def _named_model_captioner(self) -> Settings:

@@ -38,10 +38,6 @@ DATE_SORT_POOL = 400
 PAGE_CACHE_ROWS = 100_000
 #: A filter allowing at most this many images is scored exactly from the vector file.
 EXACT_FILTERED = 20_000
-#: Most ids a filter's SQL returns per query; past that (and SELECTIVE), the candidates of an
-#: unfiltered search are tested against the filter instead (one camera of three at ten
-#: million photos would otherwise read 3M ids, ~1 s, per query).
-BROAD_IDS = 250_000
 
 
 def single_threaded_numpy_blas() -> None:
@@ -201,8 +197,11 @@ class Searcher(IndexState):
         model, index = state.model, state.index
         allows: Allowed | None = None
         if q.filters.active():
-            limit = max(EXACT_FILTERED, min(int(SELECTIVE * len(index)), BROAD_IDS))
-            allows = allowed(self.home, q.filters, limit)
+            # Past this many ids (a fifth of the collection, at most the settings' limit) the
+            # candidates of an unfiltered search are tested against the filter instead: one
+            # camera of three at ten million photos would read 3M ids (~1 s) per query.
+            wide = max(EXACT_FILTERED, int(SELECTIVE * len(index)))
+            allows = allowed(self.home, q.filters, min(wide, self.settings.filter_ids_limit))
             if allows.ids is not None and not len(allows.ids):
                 return _Ranking([], [], np.zeros((0, model.dim), np.float32), True)
         # Even the plain ranking fetches what the index needs for its exact top `need`
@@ -290,16 +289,23 @@ class Searcher(IndexState):
             _, ids = index.search_subset(q, n, allowed, unlike=unlike)
             found = _valid(ids[0])
             return found, len(found) < n or n >= len(allowed)
+        # Over-fetch from the whole index and keep what the filter allows; each round asks
+        # for as many as the share allowed so far says it needs, and tests only the new ones.
         m = min(total, n * 2)
+        checked, passed = np.zeros(0, np.int64), np.zeros(0, np.int64)
         while True:
             _, ids = index.search(q, m, unlike=unlike)
             got = _valid(ids[0])
-            keep = allows.among(got)
+            fresh = got[~np.isin(got, checked)]
+            passed = np.concatenate([passed, allows.among(fresh)])
+            checked = np.concatenate([checked, fresh])
+            keep = got[np.isin(got, passed)]
             if len(keep) >= n:
                 return keep[:n], False
             if m >= total:  # the index returned all it holds: these are all the allowed
                 return keep, True
-            m = min(total, m * 4)
+            share = max(len(keep), 1) / max(len(got), 1)
+            m = min(total, max(m * 2, int(1.3 * n / share)))
 
 
 def _valid(ids: np.ndarray) -> Ids:

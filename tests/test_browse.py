@@ -241,6 +241,26 @@ def test_a_camera_filter_reads_the_camera_index_and_follows_new_photos(
         assert c.get("/images", params={"camera": "iphone"}).json()["total"] == 2
         assert c.get("/images", params={"camera": "%"}).json()["total"] == 0
 
+    # A filter broader than the ids a search may read from the database: the candidates of
+    # an unfiltered search are tested against it instead, with the same answer.
+    queries = [
+        {"camera": "canon"},
+        {"format": "jpeg"},
+        {"taken_after": "2021-01-01"},
+        {"camera": "e", "min_width": 100},
+    ]
+    answers = []
+    for limit in ("250000", "1"):
+        monkeypatch.setenv("PIXSEARCH_FILTER_IDS_LIMIT", limit)
+        with TestClient(create_app()) as c:
+            answers.append(
+                [
+                    [h["id"] for h in post_search(c, text="a photo", k=3, filters=f)["results"]]
+                    for f in queries
+                ]
+            )
+    assert answers[0] == answers[1] and all(answers[0]), answers
+
     # The rows are found through the (make, model) index, never by reading the whole table.
     home = Home(Settings())
     # A filter too broad to read every id of tests candidates in SQL, with the same answer.
