@@ -55,15 +55,17 @@ def ordered_ids(home: Home, model_id: int) -> Ids:
         select(Image.id)
         .join(Embedding, Embedding.content_hash == Image.content_hash)
         .where((Embedding.model_id + 0) == model_id)
-        .order_by(Image.id)
     )
+    # Sorted here, not by ORDER BY: that made SQLite walk the whole images table in id
+    # order; without it the query reads two covering indexes only (at 10M photos about
+    # 1 GB instead of every row's page).
     parts: list[np.ndarray] = []
     with home.engine.connect() as conn:
         cursor = conn.execute(stmt).cursor
         # A million rows at a time: 10M ids as Python tuples would take a gigabyte.
         while rows := cursor.fetchmany(1_000_000):
             parts.append(np.array(rows, dtype=np.int64).reshape(-1))
-    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
 
 
 def load_store(home: Home, key: str, model_id: int, dim: int) -> VectorStore:
