@@ -35,6 +35,7 @@ from indexer.ondisk import (
 )
 from indexer.policy import Policy
 from indexer.types import Embeddings
+from indexer.vecstore import StoreRows
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ def train(kind: str, dim: int, ids: Ids, rows: RowBlocks) -> tuple[Any, Rotation
     return index, rotation
 
 
-def _fill_shard(
+def fill_shard(
     trained: Any,
     rotation: Rotation | None,
     ids: Ids,
@@ -138,6 +139,7 @@ def _fill_shard(
     stop: int,
     out: str,
 ) -> None:
+    """Add rows start..stop to a copy of the trained index and write it to `out`."""
     faiss = _faiss()
     shard = faiss.clone_index(trained)
     for lo in range(start, stop, BLOCK_ROWS):
@@ -147,6 +149,32 @@ def _fill_shard(
     faiss.write_index(shard, out)
 
 
+def _fill_in_threads(
+    trained: Any,
+    rotation: Rotation | None,
+    ids: Ids,
+    rows: RowBlocks,
+    shards: list[tuple[int, int]],
+    names: list[str],
+    threads: int,
+) -> None:
+    faiss = _faiss()
+    workers = threads or os.cpu_count() or 1
+    omp = faiss.omp_get_max_threads()
+    # Threads split the shards; FAISS's own threads would only fight them.
+    faiss.omp_set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=min(workers, len(shards)) or 1) as pool:
+            futures = [
+                pool.submit(fill_shard, trained, rotation, ids, rows, lo, hi, name)
+                for (lo, hi), name in zip(shards, names, strict=True)
+            ]
+            for f in futures:
+                f.result()
+    finally:
+        faiss.omp_set_num_threads(omp)
+
+
 def build(
     kind: str,
     dim: int,
@@ -154,9 +182,14 @@ def build(
     rows: RowBlocks,
     place: Path,
     threads: int = 0,
+    *,
+    ray_address: str | None = None,
+    shard_rows: int = SHARD_ROWS,
 ) -> OnDiskIVF:
     """A new base of `kind` over (ids, rows) beside the index file `place`, opened mapped.
 
+    The shards are filled by threads here, or by Ray tasks on the cluster at `ray_address`
+    when the rows come from the home's vector file (which the cluster's nodes share).
     A full disk (or any failure) removes what was written and leaves earlier bases alone;
     the disk filling is a `DiskFull`.
     """
@@ -176,22 +209,18 @@ def build(
         if rotation is not None:
             np.save(folder / ROTATION_FILE, rotation)
         n = len(ids)
-        shards = [(lo, min(n, lo + SHARD_ROWS)) for lo in range(0, n, SHARD_ROWS)]
+        shards = [(lo, min(n, lo + shard_rows)) for lo in range(0, n, shard_rows)]
         names = [str(folder / f"shard-{i}.index") for i in range(len(shards))]
-        workers = threads or os.cpu_count() or 1
-        omp = faiss.omp_get_max_threads()
-        # Threads split the shards; FAISS's own threads would only fight them.
-        faiss.omp_set_num_threads(1)
-        try:
-            with ThreadPoolExecutor(max_workers=min(workers, len(shards)) or 1) as pool:
-                futures = [
-                    pool.submit(_fill_shard, trained, rotation, ids, rows, lo, hi, name)
-                    for (lo, hi), name in zip(shards, names, strict=True)
-                ]
-                for f in futures:
-                    f.result()
-        finally:
-            faiss.omp_set_num_threads(omp)
+        if ray_address and isinstance(rows, StoreRows):
+            from indexer import ondisk_ray
+
+            store = rows.store
+            ondisk_ray.fill_shards(
+                ray_address, trained, rotation, store.path, store.state.generation, ids,
+                shards, names,
+            )  # fmt: skip
+        else:
+            _fill_in_threads(trained, rotation, ids, rows, shards, names, threads)
         filled = time.perf_counter() - started
         from faiss.contrib.ondisk import merge_ondisk
 
@@ -300,7 +329,7 @@ def build_tuned(
     from indexer.kinds import KINDS
 
     started = time.perf_counter()
-    index = build(kind, dim, ids, rows, place, policy.build_threads)
+    index = build(kind, dim, ids, rows, place, policy.build_threads, ray_address=policy.ray_address)
     built = time.perf_counter() - started
     recall = tune(
         index,

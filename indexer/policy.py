@@ -70,6 +70,8 @@ class Policy:
     tuning_queries: int = 200
     #: Threads filling the shards of an on-disk index (0: one per core).
     build_threads: int = 0
+    #: A Ray cluster whose tasks fill those shards instead (`PIXSEARCH_RAY_ADDRESS`).
+    ray_address: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -80,6 +82,7 @@ class Policy:
             pq_limit=settings.index_pq_limit,
             ondisk_limit=settings.index_ondisk_limit,
             build_threads=settings.index_build_threads,
+            ray_address=settings.ray_address,
         )
 
 
