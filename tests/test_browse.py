@@ -228,12 +228,16 @@ def test_a_camera_filter_reads_the_camera_index_and_follows_new_photos(
     assert run_cli(capsys, "index", str(folder)).code == 0
     with TestClient(create_app()) as c:
         assert c.get("/images", params={"camera": "leica"}).json()["total"] == 0
+        before = c.get("/facets").json()
+        assert before["total"] == 7 and "Leica Q2" not in [v["value"] for v in before["cameras"]]
         # A camera new to the collection: the running server's filter finds it at once.
         exif = PILImage.Exif()
         exif[0x010F], exif[0x0110] = "Leica", "Q2"
         picture(99).save(folder / "new.jpg", exif=exif)
         assert run_cli(capsys, "index", str(folder)).code == 0
         assert _names(c.get("/images", params={"camera": "LEICA q"}).json()["items"]) == ["new.jpg"]
+        after = c.get("/facets").json()  # read again: the collection changed since
+        assert after["total"] == 8 and {"value": "Leica Q2", "count": 1} in after["cameras"]
         body = post_search(c, text="a photo", cutoff=False, filters={"camera": "leica"})
         assert _names(body["results"]) == ["new.jpg"]
         # Make and model both, or either one; a '%' is a character, not a wildcard.
