@@ -131,8 +131,8 @@ def write_home(
             fmt = rng.choice(len(formats), m, p=format_p)
             conn.executemany(
                 "INSERT INTO images (path, size, mtime_ns, content_hash, width, height, format,"
-                " taken_at, camera_make, camera_model, gps_lat, gps_lon, indexed_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?)",
+                " taken_at, camera_make, camera_model, gps_lat, gps_lon, indexed_at, shown_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?8)",
                 (
                     (
                         f"/photos/{2012 + int(seconds[j]) // year}/IMG_{first + j:08d}.jpg",
