@@ -182,7 +182,7 @@ def test_a_disk_filling_during_a_build_keeps_the_previous_index(
     def full(*_: object) -> None:
         raise RuntimeError("Error in faiss::FileIOWriter: No space left on device (errno 28)")
 
-    monkeypatch.setattr(ondisk_build, "_fill_shard", full)
+    monkeypatch.setattr(ondisk_build, "fill_shard", full)
     with pytest.raises(ondisk.DiskFull) as raised:
         home.load_index(key, model_id, DIM, rebuild="test")
     assert raised.value.errno == errno.ENOSPC
