@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
 import os
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +36,8 @@ log = logging.getLogger(__name__)
 MAGIC = b"PIXSVEC1"
 #: Where the vectors start (a page boundary; the header is far smaller).
 DATA_OFFSET = 4096
+#: Bytes read at a time when the file is prefetched.
+PREFETCH_CHUNK = 8 << 20
 _DTYPE = np.dtype("<f2")
 
 
@@ -78,7 +82,48 @@ class VectorStore:
     def _mapped(self, rows: int) -> np.ndarray:
         if rows == 0:
             return np.zeros((0, self.dim), _DTYPE)
-        return np.memmap(self.path, _DTYPE, "r", DATA_OFFSET, (rows, self.dim))
+        view = np.memmap(self.path, _DTYPE, "r", DATA_OFFSET, (rows, self.dim))
+        # Searches read scattered rows: without this, each 1 KB row read faulted in the
+        # kernel's readahead around it (large folios: 10M photos, 200 queries mapped 5.2 GB
+        # of the file). Sequential reads (`block`) ask for their range ahead instead.
+        raw = getattr(view, "_mmap", None)
+        if raw is not None:
+            for advice in ("MADV_RANDOM", "MADV_NOHUGEPAGE"):
+                if hasattr(mmap, advice):
+                    try:
+                        raw.madvise(getattr(mmap, advice))
+                    except OSError:  # not on this kernel
+                        pass
+        return view
+
+    def prefetch(self) -> threading.Thread | None:
+        """Read the whole file into the page cache, in the background, when it takes at most
+        half the machine's memory: exact re-scoring reads thousands of scattered rows per
+        query, and this VM's disk answered ~300 random reads a second (10M photos: a text
+        query took seconds until the 10 GB file was cached). None when it does not fit."""
+        size = len(self._map) * self.dim * _DTYPE.itemsize
+        try:
+            memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError):
+            return None
+        if not size or size > memory // 2:
+            return None
+
+        def read() -> None:
+            started = time.perf_counter()
+            try:
+                with open(self.path, "rb", buffering=0) as fh:
+                    while fh.read(PREFETCH_CHUNK):
+                        pass
+            except OSError as exc:
+                log.info("could not prefetch %s: %s", self.path.name, exc)
+                return
+            took = time.perf_counter() - started
+            log.info("%s read into the page cache in %.1fs", self.path.name, took)
+
+        thread = threading.Thread(target=read, name="pixsearch-prefetch", daemon=True)
+        thread.start()
+        return thread
 
     @property
     def rows(self) -> int:
@@ -97,7 +142,18 @@ class VectorStore:
 
     def block(self, start: int, stop: int) -> Embeddings:
         """Rows start..stop (by id) as float32."""
-        return np.asarray(self._map[start:stop], np.float32)
+        view = self._map
+        raw = getattr(view, "_mmap", None)
+        if raw is not None and hasattr(mmap, "MADV_WILLNEED") and stop > start:
+            row = self.dim * _DTYPE.itemsize
+            begin = (start * row) // mmap.PAGESIZE * mmap.PAGESIZE
+            end = min(len(raw), min(stop, len(view)) * row)
+            if end > begin:
+                try:
+                    raw.madvise(mmap.MADV_WILLNEED, begin, end - begin)
+                except (OSError, ValueError):
+                    pass
+        return np.asarray(view[start:stop], np.float32)
 
     # -- writing (an indexing run) --------------------------------------------------------
     def put(self, ids: Ids, vecs: Embeddings) -> None:

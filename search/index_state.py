@@ -109,6 +109,8 @@ class IndexState(QueryVectors):
     def _load(self, model: Model, generation: int) -> None:
         fresh = self.home.load_index(model.name, model.id, model.dim)
         store = self.home.vector_store(model.name, model.id, model.dim)
+        if store is not None and store is not self._store:
+            store.prefetch()
         self._index, self._store, self._generation = fresh, store, generation
 
     def _rebuild(self, model: Model, why: str) -> VectorIndex:
