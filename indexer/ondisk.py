@@ -116,6 +116,7 @@ class OnDiskIVF:
         self.delta = delta
         self._tomb: set[int] = set(int(i) for i in (tombstones if tombstones is not None else ()))
         self._tomb_sel: Any = None
+        self._flat: Any = None
         self._lock = threading.Lock()
 
     # -- what it is -----------------------------------------------------------------------
@@ -196,13 +197,35 @@ class OnDiskIVF:
 
         return merge_top(parts, k)
 
-    @staticmethod
-    def _one(index: Any, q: Embeddings, k: int, nprobe: int, sel: Any) -> tuple[Scores, Ids]:
+    def _one(self, index: Any, q: Embeddings, k: int, nprobe: int, sel: Any) -> tuple[Scores, Ids]:
         faiss = _faiss()
         extra = {"sel": sel} if sel is not None else {}
         params = faiss.SearchParametersIVF(nprobe=nprobe, **extra)
-        scores, ids = index.search(q, k, params=params)
+        # The lists to probe, chosen exactly among the centroids: the HNSW graph that assigns
+        # vectors quickly at build time misses lists for queries far from every centroid
+        # (texts: recall@10 0.51 at 10M photos); a flat pass over 4,096 centroids is ~2
+        # MFLOP a query.
+        nprobe = min(nprobe, self.nlist)
+        params.nprobe = nprobe
+        q = np.ascontiguousarray(q, np.float32)
+        dists, lists = self._centroids().search(q, nprobe)
+        scores = np.empty((len(q), k), np.float32)
+        ids = np.empty((len(q), k), np.int64)
+        # The C++ call: FAISS's Python wrapper of it takes no search parameters (selectors).
+        index.search_preassigned_c(
+            len(q), faiss.swig_ptr(q), k, faiss.swig_ptr(lists), faiss.swig_ptr(dists),
+            faiss.swig_ptr(scores), faiss.swig_ptr(ids), False, params,
+        )  # fmt: skip
         return scores, ids
+
+    def _centroids(self) -> Any:
+        if self._flat is None:
+            faiss = _faiss()
+            quantizer = faiss.downcast_index(self.base.quantizer)
+            flat = faiss.IndexFlatIP(self.d)
+            flat.add(quantizer.reconstruct_n(0, quantizer.ntotal))
+            self._flat = flat
+        return self._flat
 
     def _tombstone_selector(self) -> Any:
         faiss = _faiss()
