@@ -4,7 +4,6 @@ compared with a local run, and killed in its parts mid-run."""
 from __future__ import annotations
 
 import io
-import logging
 import os
 import secrets
 import shutil
@@ -343,39 +342,48 @@ def test_actor_pool_leaves_a_cpu_for_reading_and_uses_every_gpu() -> None:
 
 
 def test_an_on_disk_index_fills_its_shards_on_the_cluster(
-    ray_cluster: tuple[str, dict[str, str], psutil.Process],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
+    ray_cluster: tuple[str, dict[str, str], psutil.Process], tmp_path: Path
 ) -> None:
     from indexer import ondisk, ondisk_build
     from indexer.vecstore import StoreRows, write_store
 
     address, ray_env, _ = ray_cluster
-    for key, value in ray_env.items():
-        monkeypatch.setenv(key, value)
     rng = np.random.default_rng(11)
     centres = rng.standard_normal((40, 32))
     vecs = centres[rng.integers(0, 40, 3000)] + 0.5 * rng.standard_normal((3000, 32))
     vecs = (vecs / np.linalg.norm(vecs, axis=1, keepdims=True)).astype(np.float32)
     ids = np.arange(1, 3001, dtype=np.int64)
     store = write_store(tmp_path / "vectors.f16", 32, 1, [(ids, vecs)], 3001)
-    rows = StoreRows(store, ids)
     kind = "OnDisk,OPQ4,IVF16,PQ4"
-    # Three shards of a thousand: by this process's threads, then by the cluster's tasks.
-    here = ondisk_build.build(kind, 32, ids, rows, tmp_path / "here.faiss", shard_rows=1000)
-    with caplog.at_level(logging.INFO, logger="indexer.ondisk_ray"):
-        there = ondisk_build.build(
-            kind, 32, ids, rows, tmp_path / "there.faiss", shard_rows=1000, ray_address=address
-        )
-    assert f"filling 3 shards on the Ray cluster at {address}" in caplog.text
+    # Three shards of a thousand: by this process's threads, then (in a process of its own,
+    # as an indexing run or a server would build) by the cluster's tasks.
+    here = ondisk_build.build(
+        kind, 32, ids, StoreRows(store, ids), tmp_path / "here.faiss", shard_rows=1000
+    )
+    code = (
+        "import logging, sys; import numpy as np; from pathlib import Path\n"
+        "from indexer import ondisk_build\n"
+        "from indexer.vecstore import StoreRows, open_store\n"
+        "logging.basicConfig(level=logging.INFO)\n"
+        "store, _ = open_store(Path(sys.argv[1]), 32, 1)\n"
+        "ids = np.arange(1, 3001, dtype=np.int64)\n"
+        "base = ondisk_build.build(sys.argv[2], 32, ids, StoreRows(store, ids), Path(sys.argv[3]),"
+        " shard_rows=1000, ray_address=sys.argv[4])\n"
+        "print(base.folder)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "vectors.f16"), kind,
+         str(tmp_path / "there.faiss"), address],
+        cwd=ROOT, env={**os.environ, **ray_env}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"filling 3 shards on the Ray cluster at {address}" in proc.stderr
+    folder = Path(proc.stdout.strip().splitlines()[-1])
+    # The shards were merged into the base and removed; the base opens as any other.
+    assert not list(folder.glob("shard-*"))
+    there = ondisk.open_base(folder)
     assert there.ntotal == here.ntotal == 3000
     for index in (here, there):
         index.nprobe = 16
     q = vecs[:20]
     assert np.array_equal(there.search(q, 10)[1], here.search(q, 10)[1])
-    # The shards were merged into the base and removed; the base opens as any other.
-    assert not list(there.folder.glob("shard-*"))
-    reopened = ondisk.open_base(there.folder)
-    reopened.nprobe = 16
-    assert np.array_equal(reopened.search(q, 10)[1], here.search(q, 10)[1])
