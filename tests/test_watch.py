@@ -138,6 +138,8 @@ class Watching:
         if not self.db.exists():
             return {}
         with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=60) as conn:
+            # One snapshot for both reads: the watcher may commit between two of them.
+            conn.execute("BEGIN")
             rows = conn.execute(
                 "SELECT images.path, images.id, images.content_hash FROM images JOIN "
                 "embeddings ON embeddings.content_hash = images.content_hash"
