@@ -23,7 +23,9 @@ def _interrupt_midway(
     folder: Path, env: dict[str, str], sig: int, total: int
 ) -> subprocess.Popen[str]:
     db_file = Path(env["PIXSEARCH_HOME"]) / "pixsearch.db"
-    proc = start_index(folder, env)
+    # One photo per write: a fast machine wrote the 80 photos in fewer, larger batches than
+    # the 20 ms look could catch between.
+    proc = start_index(folder, env, batch=1)
     deadline = time.monotonic() + 120
     while _count_rows(db_file) == 0 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)

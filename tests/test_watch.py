@@ -138,13 +138,16 @@ class Watching:
         if not self.db.exists():
             return {}
         with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=60) as conn:
-            # One snapshot for both reads: the watcher may commit between two of them.
-            conn.execute("BEGIN")
-            rows = conn.execute(
-                "SELECT images.path, images.id, images.content_hash FROM images JOIN "
+            # One statement, one snapshot: the watcher may commit between two statements.
+            found = conn.execute(
+                "SELECT images.path, images.id, images.content_hash, "
+                "(SELECT count(*) FROM images) FROM images JOIN "
                 "embeddings ON embeddings.content_hash = images.content_hash"
             ).fetchall()
-            all_rows = conn.execute("SELECT count(*) FROM images").fetchone()[0]
+            rows = [r[:3] for r in found]
+            all_rows = (
+                found[0][3] if found else conn.execute("SELECT count(*) FROM images").fetchone()[0]
+            )
         assert all_rows == len(rows) == len({r[1] for r in rows}), "a photo indexed twice?"
         return {path: (row_id, digest) for path, row_id, digest in rows}
 
