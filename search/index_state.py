@@ -109,7 +109,9 @@ class IndexState(QueryVectors):
     def _load(self, model: Model, generation: int) -> None:
         fresh = self.home.load_index(model.name, model.id, model.dim)
         store = self.home.vector_store(model.name, model.id, model.dim)
-        if store is not None and store is not self._store:
+        # A new store object comes with every reload (each indexing checkpoint); the file is
+        # read into the page cache only when it is another file, not again at each one.
+        if store is not None and (self._store is None or store.path != self._store.path):
             store.prefetch()
         self._index, self._store, self._generation = fresh, store, generation
 

@@ -241,3 +241,39 @@ def test_a_base_built_before_opq_still_opens_and_searches(tmp_path: Path) -> Non
     assert all(i in row for i, row in zip(ids[:5], found, strict=True))
     index.add(np.array([3000]), -vecs[:1])  # into its delta, unrotated as the base
     assert 3000 in index.search(-vecs[:1], index.candidates(1))[1][0]
+
+
+def test_the_vector_file_is_read_into_the_page_cache_once_not_at_every_reload(
+    tmp_path: Path,
+    tiny_model: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A searcher reloads its index after each indexing checkpoint; at 10M photos reading the
+    10 GB vector file again each time would keep the disk busy for minutes."""
+    import threading
+
+    from tests.helpers import make_photos, run_cli
+
+    settings = _settings(tmp_path / "home", tiny_model)
+    synthetic_home(settings, _key(settings), _clustered(600, 3), tmp_path / "old")
+    for field in ("home", "model", "pretrained", "captioner", "vector_file_min"):
+        monkeypatch.setenv(f"PIXSEARCH_{field.upper()}", str(getattr(settings, field)))
+    searcher = Searcher(Home(settings), get_encoder(settings))
+
+    def prefetches() -> int:
+        for thread in threading.enumerate():
+            if thread.name == "pixsearch-prefetch":
+                thread.join()
+        return sum("read into the page cache" in r.getMessage() for r in caplog.records)
+
+    caplog.set_level(logging.INFO, logger="indexer.vecstore")
+    q = _clustered(1, 9)[0]
+    assert len(searcher.search(Query(image_vector=q, k=5, cutoff=False)).hits) == 5
+    assert prefetches() == 1
+    make_photos(tmp_path / "new", 3)
+    assert run_cli(capsys, "index", str(tmp_path / "new")).code == 0
+    assert len(searcher.search(Query(image_vector=q, k=5, cutoff=False)).hits) == 5
+    assert len(searcher.index()) == 603  # it reloaded: the new photos are in
+    assert prefetches() == 1
