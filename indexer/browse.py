@@ -21,7 +21,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
-from indexer.db import Image, Model, shown_date
+from indexer.db import Image, shown_date
 from indexer.filters import Filters, conditions
 from indexer.home import Home
 
@@ -237,14 +237,7 @@ class Facets:
 def facets(home: Home) -> Facets:
     """Cameras, formats, size and date ranges, photos per month, and how many are undated;
     read once per database generation (the page asks on every load)."""
-    with home.engine.connect() as conn:
-        generation = int(conn.scalar(select(func.max(Model.generation))) or 0)
-    cached = home.cache.get("facets")
-    if cached is not None and cached[0] == generation:
-        return cached[1]  # type: ignore[return-value]
-    answer = _facets(home)
-    home.cache["facets"] = (generation, answer)
-    return answer
+    return home.per_generation("facets", lambda: _facets(home))
 
 
 def _facets(home: Home) -> Facets:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import ColumnElement, and_, false, func, or_, select
 
-from indexer.db import Image, Model
+from indexer.db import Image
 from indexer.errors import InvalidInput
 from indexer.filter_sql import date_window
 from indexer.home import Home
@@ -132,20 +132,17 @@ def _same(column: Any, value: str | None) -> ColumnElement[bool]:
 def camera_pairs(home: Home) -> list[tuple[str | None, str | None]]:
     """The collection's distinct (camera make, model) pairs, with a camera, read once per
     database generation (one pass over the camera index)."""
-    with home.engine.connect() as conn:
-        generation = int(conn.scalar(select(func.max(Model.generation))) or 0)
-    cached = home.cache.get("camera_pairs")
-    if cached is not None and cached[0] == generation:
-        return cached[1]  # type: ignore[return-value]
-    with home.engine.connect() as conn:
-        rows = conn.execute(
-            select(Image.camera_make, Image.camera_model)
-            .where(Image.camera_make.is_not(None) | Image.camera_model.is_not(None))
-            .distinct()
-        ).all()
-    pairs = [(r[0], r[1]) for r in rows]
-    home.cache["camera_pairs"] = (generation, pairs)
-    return pairs
+
+    def read() -> list[tuple[str | None, str | None]]:
+        with home.engine.connect() as conn:
+            rows = conn.execute(
+                select(Image.camera_make, Image.camera_model)
+                .where(Image.camera_make.is_not(None) | Image.camera_model.is_not(None))
+                .distinct()
+            ).all()
+        return [(r[0], r[1]) for r in rows]
+
+    return home.per_generation("camera_pairs", read)
 
 
 def allowed_ids(home: Home, f: Filters, limit: int | None = None) -> Ids | None:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from sqlalchemy import ColumnElement, Engine, event, func, select, update
@@ -28,6 +30,8 @@ from indexer.vectors import Ids, VectorIndex
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 
 #: The database kinds pixsearch runs on (SQLAlchemy backend names).
 SUPPORTED_DATABASES = ("sqlite", "postgresql")
@@ -44,7 +48,7 @@ class Home:
         self.settings = settings
         self.path = Path(settings.home).expanduser()
         #: Small answers derived from the database, each with the generation it was read at.
-        self.cache: dict[str, tuple[int, object]] = {}
+        self._cache: dict[str, tuple[int, object]] = {}
 
     @cached_property
     def dialect(self) -> str:
@@ -185,6 +189,18 @@ class Home:
         with self.engine.connect() as conn:
             value = conn.scalar(select(Model.generation).where(Model.id == model_id))
         return int(value or 0)
+
+    def per_generation(self, name: str, compute: Callable[[], T]) -> T:
+        """`compute()`, read again only when the database changed since (any model's
+        generation moved): for small answers the page asks for on every load."""
+        with self.engine.connect() as conn:
+            generation = int(conn.scalar(select(func.max(Model.generation))) or 0)
+        cached = self._cache.get(name)
+        if cached is not None and cached[0] == generation:
+            return cached[1]  # type: ignore[return-value]
+        answer = compute()
+        self._cache[name] = (generation, answer)
+        return answer
 
     @staticmethod
     def bump_generation(s: Session) -> None:
