@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from collections.abc import Callable
 from datetime import datetime
 from functools import cached_property
@@ -329,6 +330,19 @@ class Home:
                 for row in s.scalars(select(Image).where(Image.id.in_(part))):
                     out[row.id] = row
         return out
+
+    def warm_images(self) -> None:
+        """Read every image row once (a scan of the table, ~150 bytes a photo), so that the
+        rows of a search's hits are in memory: at 10M photos each query's 20 hits cost 20
+        random disk reads (~40 ms here) until they were."""
+        started = time.perf_counter()
+        try:
+            with self.engine.connect() as conn:
+                conn.scalar(select(func.max(Image.width)))  # no index on it: the whole table
+        except Exception as exc:  # a warm-up only: queries read the rows anyway
+            log.info("could not read the image rows ahead: %s", exc)
+            return
+        log.info("image rows read ahead in %.1fs", time.perf_counter() - started)
 
     def image_by_path(self, path: str) -> Image | None:
         """The image row of a path, if indexed."""

@@ -111,8 +111,10 @@ class IndexState(QueryVectors):
         store = self.home.vector_store(model.name, model.id, model.dim)
         # A new store object comes with every reload (each indexing checkpoint); the file is
         # read into the page cache only when it is another file, not again at each one.
+        # The image rows (a sixth of the vectors' size) are read after the vectors, when they
+        # fit in memory.
         if store is not None and (self._store is None or store.path != self._store.path):
-            store.prefetch()
+            store.prefetch(then=self.home.warm_images)
         self._index, self._store, self._generation = fresh, store, generation
 
     def _rebuild(self, model: Model, why: str) -> VectorIndex:

@@ -251,7 +251,8 @@ def test_the_vector_file_is_read_into_the_page_cache_once_not_at_every_reload(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A searcher reloads its index after each indexing checkpoint; at 10M photos reading the
-    10 GB vector file again each time would keep the disk busy for minutes."""
+    10 GB vector file (and then the 1.5 GB of image rows) again each time would keep the disk
+    busy for minutes."""
     import threading
 
     from tests.helpers import make_photos, run_cli
@@ -266,9 +267,13 @@ def test_the_vector_file_is_read_into_the_page_cache_once_not_at_every_reload(
         for thread in threading.enumerate():
             if thread.name == "pixsearch-prefetch":
                 thread.join()
-        return sum("read into the page cache" in r.getMessage() for r in caplog.records)
+        messages = [r.getMessage() for r in caplog.records]
+        vectors = sum("read into the page cache" in m for m in messages)
+        assert sum("image rows read ahead" in m for m in messages) == vectors  # right after
+        return vectors
 
     caplog.set_level(logging.INFO, logger="indexer.vecstore")
+    caplog.set_level(logging.INFO, logger="indexer.home")
     q = _clustered(1, 9)[0]
     assert len(searcher.search(Query(image_vector=q, k=5, cutoff=False)).hits) == 5
     assert prefetches() == 1
