@@ -146,6 +146,11 @@ class OnDiskIVF:
         self.delta.nprobe = value
 
     @property
+    def lists_path(self) -> Path:
+        """The memory-mapped inverted lists of the base."""
+        return self.folder / LISTS_FILE
+
+    @property
     def tombstones(self) -> Ids:
         """Base ids that no longer count, sorted."""
         return np.asarray(sorted(self._tomb), np.int64)

@@ -68,6 +68,41 @@ def _read_state(fh: IO[bytes]) -> StoreState:
     return StoreState(**fields)
 
 
+def read_ahead(
+    paths: list[Path], then: Callable[[], object] | None = None
+) -> threading.Thread | None:
+    """Read files whole, one after the other, on a background thread, so that their pages
+    are in the page cache before searches touch them at random; then call `then`. None
+    when together they take more than half the machine's memory (they would push each
+    other out)."""
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        size = sum(p.stat().st_size for p in paths)
+    except (ValueError, OSError):
+        return None
+    if not size or size > memory // 2:
+        return None
+
+    def read() -> None:
+        for path in paths:
+            started = time.perf_counter()
+            try:
+                with open(path, "rb", buffering=0) as fh:
+                    while fh.read(PREFETCH_CHUNK):
+                        pass
+            except OSError as exc:
+                log.info("could not prefetch %s: %s", path.name, exc)
+                return
+            took = time.perf_counter() - started
+            log.info("%s read into the page cache in %.1fs", path.name, took)
+        if then is not None:
+            then()
+
+    thread = threading.Thread(target=read, name="pixsearch-prefetch", daemon=True)
+    thread.start()
+    return thread
+
+
 class VectorStore:
     """The memory-mapped rows of one vector file (read-only view; `put` writes through
     the file, and the view is re-mapped when the file grows)."""
@@ -96,37 +131,16 @@ class VectorStore:
                         pass
         return view
 
-    def prefetch(self, then: Callable[[], object] | None = None) -> threading.Thread | None:
-        """Read the whole file into the page cache, in the background, when it takes at most
-        half the machine's memory: exact re-scoring reads thousands of scattered rows per
-        query, and this VM's disk answered ~300 random reads a second (10M photos: a text
-        query took seconds until the 10 GB file was cached). `then` runs after, on the same
-        thread. None (and `then` not run) when it does not fit."""
-        size = len(self._map) * self.dim * _DTYPE.itemsize
-        try:
-            memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError):
-            return None
-        if not size or size > memory // 2:
-            return None
-
-        def read() -> None:
-            started = time.perf_counter()
-            try:
-                with open(self.path, "rb", buffering=0) as fh:
-                    while fh.read(PREFETCH_CHUNK):
-                        pass
-            except OSError as exc:
-                log.info("could not prefetch %s: %s", self.path.name, exc)
-                return
-            took = time.perf_counter() - started
-            log.info("%s read into the page cache in %.1fs", self.path.name, took)
-            if then is not None:
-                then()
-
-        thread = threading.Thread(target=read, name="pixsearch-prefetch", daemon=True)
-        thread.start()
-        return thread
+    def prefetch(
+        self, then: Callable[[], object] | None = None, first: Iterable[Path] = ()
+    ) -> threading.Thread | None:
+        """Read the whole file into the page cache, in the background, when it (with the
+        files `first`, read before it) takes at most half the machine's memory: exact
+        re-scoring reads thousands of scattered rows per query, and this VM's disk answered
+        ~300 random reads a second (10M photos: a text query took seconds until the 10 GB
+        file was cached). `then` runs after, on the same thread. None (and `then` not run)
+        when they do not fit."""
+        return read_ahead([*first, self.path], then)
 
     @property
     def rows(self) -> int:

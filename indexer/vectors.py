@@ -102,6 +102,11 @@ class VectorIndex:
         return kinds.family(self.index) == "ondisk"
 
     @property
+    def mapped_files(self) -> list[Path]:
+        """Files the index reads memory-mapped as it searches (the on-disk kind's lists)."""
+        return [self.index.lists_path] if self.ondisk else []
+
+    @property
     def nprobe(self) -> int:
         """IVF lists searched per query (0 for exhaustive kinds)."""
         return int(self.index.nprobe) if hasattr(self.index, "nprobe") else 0

@@ -268,7 +268,7 @@ def test_the_vector_file_is_read_into_the_page_cache_once_not_at_every_reload(
             if thread.name == "pixsearch-prefetch":
                 thread.join()
         messages = [r.getMessage() for r in caplog.records]
-        vectors = sum("read into the page cache" in m for m in messages)
+        vectors = sum("vectors-" in m and "read into the page cache" in m for m in messages)
         assert sum("image rows read ahead" in m for m in messages) == vectors  # right after
         return vectors
 
@@ -282,3 +282,19 @@ def test_the_vector_file_is_read_into_the_page_cache_once_not_at_every_reload(
     assert len(searcher.search(Query(image_vector=q, k=5, cutoff=False)).hits) == 5
     assert len(searcher.index()) == 603  # it reloaded: the new photos are in
     assert prefetches() == 1
+
+
+def test_a_searcher_reads_the_on_disk_lists_ahead_of_the_vectors(
+    big: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every query scans some of the lists file: it is read first, then the vector file."""
+    import threading
+
+    caplog.set_level(logging.INFO, logger="indexer.vecstore")
+    searcher = Searcher(Home(big), get_encoder(big))
+    assert searcher.search(Query(image_vector=_clustered(1, 4)[0], k=5, cutoff=False)).hits
+    for thread in threading.enumerate():
+        if thread.name == "pixsearch-prefetch":
+            thread.join()
+    read = [r.getMessage().split()[0] for r in caplog.records if "page cache" in r.getMessage()]
+    assert [name.split("-")[0] for name in read] == ["lists.ivfdata", "vectors"]
