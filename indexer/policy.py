@@ -62,10 +62,12 @@ class Policy:
     max_probe_fraction: float = 0.25
     #: Queries unlike the indexed vectors probe this many times the tuned lists. Text
     #: queries are such queries for an index of image embeddings (CLIP's modality gap: a
-    #: text's nearest images lie in more lists than an image's). Synthetic 1M worst case
-    #: (a random-weights text tower): recall@10 0.887 at the tuned 96 lists, 0.968 at 384,
-    #: for +3.4 ms a query (benchmarks/bench_query.py).
-    unlike_probe_factor: float = 4.0
+    #: text's nearest images lie in more lists than an image's). Synthetic text-like queries
+    #: need no more (10M: 0.9975 at the tuned 271 lists); the worst case, a random-weights
+    #: text tower's vectors (best cosine to any photo 0.13, the top ten within 0.01 of each
+    #: other), gains 0.85 -> 0.91 at 10M from 3x, 0.92 from 4x for 10 ms more a query on
+    #: two cores (benchmarks/bench_query.py).
+    unlike_probe_factor: float = 3.0
     #: Sample queries used to tune `nprobe`.
     tuning_queries: int = 200
     #: Threads filling the shards of an on-disk index (0: one per core).
