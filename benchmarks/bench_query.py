@@ -11,8 +11,10 @@ by `Home.load_index`, as pixsearch does for a home whose index is missing (timed
 Then a fresh process (as a server would be) loads the model (automatic precision) and a
 `search.engine.Searcher`, and runs distinct text queries end to end through
 `Searcher.search(Query(text=..., k=20))`: text encoding, vector search, exact re-scoring
-from the stored embeddings, duplicate collapse, metadata rows; no captions. It reports p50
-and p99 latency and its resident memory (RSS) with the model and index loaded.
+from the stored embeddings, duplicate collapse, metadata rows; no captions. It waits for the
+searcher's read-ahead, runs `--passes` passes of distinct texts (default 2) and reports the last
+pass's p50 and p99 latency (a server's steady state; the first pass's beside it) and its
+resident memory (RSS) with the model and index loaded.
 
 recall@10 is the index's: its `candidates(10)` hits re-scored exactly (what the searcher
 does), against exact search over all vectors, on 200 synthetic text-like queries (a topic's
@@ -103,15 +105,21 @@ def child(args: argparse.Namespace) -> None:
     prefetch = time.perf_counter() - started
     for t in texts[:3]:  # warm-up queries, not timed
         _search(searcher, query_cls, t)
-    times = []
-    hits = []
-    cpu0 = time.process_time()
-    for t in texts[3:]:
-        t0 = time.perf_counter()
-        result = _search(searcher, query_cls, t)
-        times.append(time.perf_counter() - t0)
-        hits.append(len(result))
-    cpu_per_query = (time.process_time() - cpu0) / max(1, len(times))
+    # Each pass asks other texts (", pass N"); the reported latencies are the last pass's: a
+    # server's steady state, once the pages its queries touch are in memory (at 10M on a slow
+    # disk the first pass is slower: `first_pass_*`).
+    first_pass: list[float] = []
+    for n in range(max(1, args.passes)):
+        times = []
+        hits = []
+        cpu0 = time.process_time()
+        for t in texts[3:]:
+            t0 = time.perf_counter()
+            result = _search(searcher, query_cls, t + (f", pass {n}" if n else ""))
+            times.append(time.perf_counter() - t0)
+            hits.append(len(result))
+        cpu_per_query = (time.process_time() - cpu0) / max(1, len(times))
+        first_pass = first_pass or times
     filtered = _filtered_queries(searcher, texts[3:], args.filtered)
     index = searcher.index()
     qvecs = np.stack([encoder.embed_texts([t])[0] for t in texts[3:63]])
@@ -119,6 +127,9 @@ def child(args: argparse.Namespace) -> None:
         "latency_ms": [1000 * t for t in times],
         "p50_ms": 1000 * float(np.percentile(times, 50)),
         "p99_ms": 1000 * float(np.percentile(times, 99)),
+        "first_pass_p50_ms": 1000 * float(np.percentile(first_pass, 50)),
+        "first_pass_p99_ms": 1000 * float(np.percentile(first_pass, 99)),
+        "passes": max(1, args.passes),
         "mean_hits": float(np.mean(hits)),
         "cpu_ms_per_query": 1000 * cpu_per_query,
         "first_query_s": first,
@@ -298,6 +309,7 @@ def run_size(n: int, args: argparse.Namespace, checkpoint: Path, root: Path) -> 
         sys.executable, __file__, "--child", "--home", str(home_dir), "--checkpoint",
         str(checkpoint), "--model", args.model, "--queries", str(args.queries),
         "--torch-threads", str(args.torch_threads), "--filtered", str(args.filtered),
+        "--passes", str(args.passes),
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode:
@@ -343,6 +355,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--torch-threads", type=int, default=0, help="torch threads of the query process"
+    )
+    parser.add_argument(
+        "--passes", type=int, default=2, help="passes of distinct texts; the last one is timed"
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(
