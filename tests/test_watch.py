@@ -285,7 +285,12 @@ def test_a_server_that_watches_finds_new_photos_without_a_restart(
         watcher.start()
         try:
             assert found() == set()
-            wait_for(set())  # the start-up run is over
+            # The start-up run is over once the watcher says how it watches (an empty page
+            # is also what a server shows before that run has even begun).
+            started = time.monotonic()
+            while not watcher.watcher.modes.get(str(folder)):
+                assert time.monotonic() - started < HUNG, "the watcher never started watching"
+                time.sleep(0.05)
             assert watcher.watcher.modes == {str(folder): "polling"}
             added = make_photos(folder, 5)
             wait_for({str(p) for p in added})
