@@ -232,8 +232,10 @@ class Home:
         """The model's vector file (rebuilt if missing or stale) from `vector_file_min`."""
         from indexer import derived
 
-        count = self.count_vectors(model_id)
-        if count < self.settings.vector_file_min and not self.vectors_path(key).exists():
+        # The file's existence first: counting is a join over the whole collection.
+        if not self.vectors_path(key).exists() and (
+            self.count_vectors(model_id) < self.settings.vector_file_min
+        ):
             return None
         return derived.load_store(self, key, model_id, dim)
 

@@ -34,11 +34,20 @@ def load_index(
 
     path = home.index_path(key)
     generation = home.generation(model_id)
-    count = home.count_vectors(model_id)
     policy = home.policy
     index, why = (
-        (None, rebuild) if rebuild else VectorIndex.open(path, dim, generation, count, policy)
+        (None, rebuild) if rebuild else VectorIndex.open(path, dim, generation, None, policy)
     )
+    if index is not None and index.kind.startswith("OnDisk"):
+        # The generation stamp already says the file holds the database's state; the count
+        # guards against a database changed behind pixsearch's back. At 10M photos it is a
+        # join over two 0.5 GB indexes (minutes on a cold disk before the first query), so
+        # an on-disk index answers at once and is counted in the background.
+        _count_in_background(home, index, key, model_id, dim, generation)
+    elif index is not None:
+        held, count = len(index), home.count_vectors(model_id)
+        if held != count:
+            index, why = None, f"holds {held} vectors, expected {count}"
     if index is not None:
         reason = index.wants_rebuild()
         if reason is not None:
@@ -46,9 +55,9 @@ def load_index(
         return index
     ids, vecs = build_source(home, key, model_id, dim, policy)
     index = VectorIndex.build(dim, ids, vecs, policy, place=path)
-    if path.exists() or count:
+    if path.exists() or len(ids):
         log.warning(
-            "FAISS index %s is %s; rebuilt it from %d stored embeddings", path.name, why, count
+            "FAISS index %s is %s; rebuilt it from %d stored embeddings", path.name, why, len(ids)
         )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)  # a server's database: maybe new
@@ -56,6 +65,26 @@ def load_index(
     except OSError as exc:  # a read-only home still answers queries
         log.warning("cannot save rebuilt index %s: %s", path, exc)
     return index
+
+
+def _count_in_background(
+    home: Home, index: VectorIndex, key: str, model_id: int, dim: int, generation: int
+) -> None:
+    """Compare the index's vector count with the database's in a background thread; rebuild
+    (in the background too) if they differ while the database stayed at `generation`."""
+    held = len(index)
+
+    def check() -> None:
+        try:
+            count = home.count_vectors(model_id)
+            # A write meanwhile moves the generation on and the searcher reloads anyway.
+            if count != held and home.generation(model_id) == generation:
+                why = f"it holds {held} vectors but the database {count}"
+                rebuild_index(home, index, key, model_id, dim, why)
+        except Exception:  # the index keeps answering; the next load counts again
+            log.exception("counting the stored vectors failed")
+
+    threading.Thread(target=check, daemon=True, name="pixsearch-count").start()
 
 
 def rebuild_index(

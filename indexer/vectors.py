@@ -367,7 +367,7 @@ class VectorIndex:
 
     @classmethod
     def open(
-        cls, path: Path, dim: int, generation: int, count: int, policy: Policy | None = None
+        cls, path: Path, dim: int, generation: int, count: int | None, policy: Policy | None = None
     ) -> tuple[VectorIndex | None, str]:
         """Load a saved index if it is intact and matches the database; else (None, why not)."""
         index, state, why, trailer = indexfile.load_with_trailer(path, generation)
@@ -380,7 +380,7 @@ class VectorIndex:
             except (OSError, ValueError, RuntimeError) as exc:
                 reason = " ".join(str(exc).split())[:100] or type(exc).__name__
                 return None, f"its on-disk lists are unusable ({reason})"
-        if index.ntotal != count or index.d != dim:
+        if (count is not None and index.ntotal != count) or index.d != dim:
             return None, f"holds {index.ntotal} vectors of dimension {index.d}, expected {count}"
         if kinds.family(index) not in ("flat32", "flat16", "sq8", "pq", "ondisk"):
             return None, f"unexpected index structure {type(index).__name__}"

@@ -107,6 +107,9 @@ class Searcher(IndexState):
         window = order[q.offset : min(q.offset + q.k, need)]
         rows = self.home.images_by_id([ranking.ids[j] for j in window])
         keep = [j for j in window if ranking.ids[j] in rows]
+        if len(keep) < len(window):  # photos gone since: this ranking is not served again
+            with self._pages_lock:
+                self._pages.pop(self._page_key(q, cutoff), None)
         hits = [
             Hit(
                 i,
@@ -161,17 +164,7 @@ class Searcher(IndexState):
         self, q: Query, vec: Embeddings, state: RequestState, need: int, cutoff: float
     ) -> _Ranking:
         # Same query, same data: serve later pages from the ranking the first page made.
-        key = (
-            q.text,
-            q.image_id,
-            None if q.image_vector is None else q.image_vector.tobytes(),
-            q.weights,
-            q.negative,
-            q.filters,
-            q.rerank,
-            q.mmr_lambda,
-            cutoff,
-        )
+        key = self._page_key(q, cutoff)
         # A ranking is valid for the index it was made on: a query still ranking on the old
         # index when a new one is swapped in must not file its ranking under the new one.
         stamp = (state.generation, id(state.index))
@@ -190,6 +183,21 @@ class Searcher(IndexState):
                 _, (_, old) = self._pages.popitem(last=False)
                 rows -= len(old.ids)
         return ranking
+
+    @staticmethod
+    def _page_key(q: Query, cutoff: float) -> tuple[object, ...]:
+        vector = None if q.image_vector is None else q.image_vector.tobytes()
+        return (
+            q.text,
+            q.image_id,
+            vector,
+            q.weights,
+            q.negative,
+            q.filters,
+            q.rerank,
+            q.mmr_lambda,
+            cutoff,
+        )
 
     def _rank(
         self, q: Query, vec: Embeddings, state: RequestState, need: int, cutoff: float

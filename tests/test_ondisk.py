@@ -298,3 +298,43 @@ def test_a_searcher_reads_the_on_disk_lists_ahead_of_the_vectors(
             thread.join()
     read = [r.getMessage().split()[0] for r in caplog.records if "page cache" in r.getMessage()]
     assert [name.split("-")[0] for name in read] == ["lists.ivfdata", "vectors"]
+
+
+def test_an_on_disk_index_answers_at_once_and_is_counted_in_the_background(
+    tmp_path: Path, tiny_model: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """At 10M photos counting the stored vectors took minutes before a fresh server's first
+    query; the saved index's generation stamp is enough to answer. A database changed behind
+    pixsearch's back (restored, or edited by another tool) is still caught: the count, taken
+    in the background, differs and the index is rebuilt, also in the background."""
+    import sqlite3
+    import threading
+
+    settings = _settings(tmp_path / "home", tiny_model)
+    settings = settings.model_copy(
+        update={"index_exact_limit": 300, "index_pq_limit": 600, "index_ondisk_limit": 900}
+    )
+    vecs = _clustered(1200, 5)
+    synthetic_home(settings, _key(settings), vecs, tmp_path / "photos")
+    home = Home(settings)
+    model = home.model_row(_key(settings))
+    assert model is not None
+    assert home.load_index(model.name, model.id, DIM).kind.startswith("OnDisk")
+    gone = [11, 12, 13]
+    with sqlite3.connect(home.path / "pixsearch.db") as db:  # no generation bump
+        db.execute(f"DELETE FROM images WHERE id IN ({','.join(map(str, gone))})")
+
+    caplog.set_level(logging.INFO, logger="indexer.indexload")
+    searcher = Searcher(Home(settings), get_encoder(settings))
+    query = Query(image_vector=vecs[10], k=5, cutoff=False)
+    # Until the rebuild, the deleted photos' places on the page stay empty.
+    got = searcher.search(query)
+    assert got.hits and not {h.id for h in got.hits} & set(gone)
+    for name in ("pixsearch-count", "pixsearch-index-rebuild"):
+        for thread in threading.enumerate():
+            if thread.name == name:
+                thread.join(timeout=120)
+    assert any("holds 1200 vectors but the database 1197" in r.getMessage() for r in caplog.records)
+    assert len(searcher.index()) == 1197
+    got = searcher.search(query)
+    assert len(got.hits) == 5 and not {h.id for h in got.hits} & set(gone)
