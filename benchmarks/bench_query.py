@@ -136,6 +136,7 @@ def child(args: argparse.Namespace) -> None:
         "prefetch_s": prefetch,
         "rss_bytes": common.rss_bytes(),
         **_rss_parts(),
+        "rss_by_file": _rss_by_file(),
         "peak_rss_bytes": common.peak_rss_bytes(),
         "rss_before_model_bytes": rss_start,
         "index_kind": index.kind,
@@ -158,6 +159,20 @@ def _rss_parts() -> dict[str, int]:
                 if line.startswith(field + ":"):
                     out[f"{field.lower()}_bytes"] = int(line.split()[1]) * 1024
     return out
+
+
+def _rss_by_file() -> dict[str, int]:
+    """Resident bytes of each memory-mapped file holding more than 10 MB of them."""
+    out: dict[str, int] = {}
+    name = ""
+    with open("/proc/self/smaps") as fh:
+        for line in fh:
+            head = line.split()
+            if head and "-" in head[0] and len(head) >= 5 and ":" in head[3]:
+                name = Path(head[5]).name if len(head) > 5 and head[5].startswith("/") else ""
+            elif head and head[0] == "Rss:" and name:
+                out[name] = out.get(name, 0) + int(head[1]) * 1024
+    return {k: v for k, v in sorted(out.items(), key=lambda kv: -kv[1]) if v > 10_000_000}
 
 
 def _filtered_queries(searcher: Any, texts: list[str], count: int) -> dict[str, Any]:
