@@ -48,7 +48,7 @@ def _ondisk_candidates(k: int) -> int:
     # 64-byte codes of 512-d vectors rank texts poorly (CLIP's modality gap: a text's scores
     # against photos are close together): a random text tower's queries over 200k synthetic
     # photos reached recall@10 0.66 from 100 candidates, 0.85 from 300, 0.96 from 1000.
-    # Re-scoring reads the candidates' rows from the memory-mapped vector file (1 KB each).
+    # Re-scoring reads the candidates' rows from the vector file (1 KB each).
     return max(100 * k, k + 500)
 
 

@@ -174,7 +174,7 @@ class Settings(BaseSettings):
     vector_file_min: int = Field(
         100_000,
         ge=0,
-        description="From this many photos, exact re-scoring reads a memory-mapped float16 "
+        description="From this many photos, exact re-scoring reads a float16 "
         "copy of the vectors (a derived file beside the index) instead of the database.",
     )
     index_build_threads: int = Field(

@@ -1,5 +1,5 @@
-"""A derived, memory-mapped float16 copy of a model's embeddings, laid out by image row id:
-exact re-scoring and "more like this" read it instead of the database.
+"""A derived float16 copy of a model's embeddings, laid out by image row id: exact
+re-scoring and "more like this" read it instead of the database.
 
 Layout: ``PIXSVEC1``, a 4-byte little-endian header length, the JSON `StoreState`, zeros up
 to `DATA_OFFSET`, then ``rows x dim`` float16 values: row i is image id i (ids are SQLite
@@ -10,16 +10,22 @@ The database stays the source of truth. A file that is missing, truncated, damag
 vectors are never in memory at once), into a temporary file renamed over the old one. An
 indexing run keeps the file in step as it writes (`VectorStore.put`, `drop`) and stamps
 its generation at each checkpoint (`stamp`), after the rows are on disk.
+
+Rows are read with positional reads, not through a memory mapping: a searcher reads a
+thousand scattered rows per query, and the pages a mapping touched stayed in its resident
+memory (10M photos: 6 GB of the 10 GB file after 500 queries, and growing). A read costs
+~3 us a row from the page cache; where pages are missing it reads a page, where a mapped
+fault read far more (1,000 rows with 9% of the file uncached: 14 ms against 196 ms).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import mmap
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -104,32 +110,17 @@ def read_ahead(
 
 
 class VectorStore:
-    """The memory-mapped rows of one vector file (read-only view; `put` writes through
-    the file, and the view is re-mapped when the file grows)."""
+    """The rows of one vector file, read with `pread` (`put` and `drop` write them)."""
 
     def __init__(self, path: Path, state: StoreState) -> None:
         self.path = path
         self.state = state
         self.dim = state.dim
         self._lock = threading.Lock()
-        self._map = self._mapped(state.rows)
-
-    def _mapped(self, rows: int) -> np.ndarray:
-        if rows == 0:
-            return np.zeros((0, self.dim), _DTYPE)
-        view = np.memmap(self.path, _DTYPE, "r", DATA_OFFSET, (rows, self.dim))
-        # Searches read scattered rows: without this, each 1 KB row read faulted in the
-        # kernel's readahead around it (large folios: 10M photos, 200 queries mapped 5.2 GB
-        # of the file). Sequential reads (`block`) ask for their range ahead instead.
-        raw = getattr(view, "_mmap", None)
-        if raw is not None:
-            for advice in ("MADV_RANDOM", "MADV_NOHUGEPAGE"):
-                if hasattr(mmap, advice):
-                    try:
-                        raw.madvise(getattr(mmap, advice))
-                    except OSError:  # not on this kernel
-                        pass
-        return view
+        # One descriptor for the store's life: the file it was opened on, even after an
+        # atomic rewrite replaces the path (that comes with a new store).
+        self._fd = os.open(path, os.O_RDONLY)
+        weakref.finalize(self, os.close, self._fd)
 
     def prefetch(
         self, then: Callable[[], object] | None = None, first: Iterable[Path] = ()
@@ -145,32 +136,40 @@ class VectorStore:
     @property
     def rows(self) -> int:
         """Rows in the file (the largest id it can hold, plus one)."""
-        return len(self._map)
+        return self.state.rows
 
     # -- reading --------------------------------------------------------------------------
     def get(self, ids: Ids) -> tuple[Ids, Embeddings]:
         """(ids that have a vector, their float32 vectors), in the order asked."""
         ids = np.asarray(ids, np.int64).reshape(-1)
-        view = self._map
-        inside = ids[(ids >= 0) & (ids < len(view))]
-        vecs = np.asarray(view[inside], np.float32)
+        inside = ids[(ids >= 0) & (ids < self.rows)]
+        vecs = self.take(inside)
         present = np.any(vecs != 0, axis=1)
         return inside[present], vecs[present]
 
+    def take(self, ids: Ids) -> Embeddings:
+        """The rows of ids below `rows`, as float32 (zeros where no vector is stored)."""
+        row = self.dim * _DTYPE.itemsize
+        fd = self._fd
+        chunks = [os.pread(fd, row, DATA_OFFSET + i * row) for i in ids.tolist()]
+        data = b"".join(chunks)
+        if len(data) != len(chunks) * row:  # past the end of a file cut short: no vector
+            data = b"".join(c.ljust(row, b"\0") for c in chunks)
+        return np.frombuffer(data, _DTYPE).reshape(-1, self.dim).astype(np.float32)
+
     def block(self, start: int, stop: int) -> Embeddings:
-        """Rows start..stop (by id) as float32."""
-        view = self._map
-        raw = getattr(view, "_mmap", None)
-        if raw is not None and hasattr(mmap, "MADV_WILLNEED") and stop > start:
-            row = self.dim * _DTYPE.itemsize
-            begin = (start * row) // mmap.PAGESIZE * mmap.PAGESIZE
-            end = min(len(raw), min(stop, len(view)) * row)
-            if end > begin:
-                try:
-                    raw.madvise(mmap.MADV_WILLNEED, begin, end - begin)
-                except (OSError, ValueError):
-                    pass
-        return np.asarray(view[start:stop], np.float32)
+        """Rows start..stop (by id) as float32, in one read."""
+        row = self.dim * _DTYPE.itemsize
+        count = max(0, min(stop, self.rows) - start)
+        want, at = count * row, DATA_OFFSET + start * row
+        data = os.pread(self._fd, want, at) if count else b""
+        while 0 < len(data) < want:  # a short read: read on
+            more = os.pread(self._fd, want - len(data), at + len(data))
+            if not more:
+                break
+            data += more
+        data = data.ljust(want, b"\0")
+        return np.frombuffer(data, _DTYPE).reshape(count, self.dim).astype(np.float32)
 
     # -- writing (an indexing run) --------------------------------------------------------
     def put(self, ids: Ids, vecs: Embeddings) -> None:
@@ -203,7 +202,6 @@ class VectorStore:
                 self.state = StoreState(self.state.generation, self.dim, rows)
                 fh.seek(0)
                 fh.write(_header(self.state))
-                self._map = self._mapped(rows)
 
     def stamp(self, generation: int) -> None:
         """Record that the rows reflect the database at `generation` (after an fsync)."""
@@ -279,4 +277,4 @@ class StoreRows:
         return self.take(np.arange(start, stop))
 
     def take(self, positions: np.ndarray) -> Embeddings:
-        return np.asarray(self.store._map[self.ids[positions]], np.float32)
+        return self.store.take(self.ids[positions])

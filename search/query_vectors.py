@@ -42,7 +42,7 @@ class QueryVectors:
         raise NotImplementedError
 
     def stored(self, model: Model, ids: Ids) -> tuple[Ids, Embeddings]:
-        """(ids found, their vectors): from the memory-mapped vector file of a large
+        """(ids found, their vectors): from the float16 vector file of a large
         collection once loaded (rows it lacks, from the database), else from the database."""
         store = self._store
         if store is None or store.dim != model.dim:

@@ -356,7 +356,20 @@ def test_the_id_range_a_query_samples_from_is_read_without_a_table_scan(big: Set
         dbapi_connection.set_progress_handler(lambda: steps.append(1) and 0, 1)
 
     home.engine.dispose()  # connections made from here on count their VM instructions
-    assert id_range(home) == (1, N)
+    with home.engine.connect() as conn:
+        ids = [row[0] for row in conn.exec_driver_sql("SELECT id FROM images")]
     steps.clear()
-    assert id_range(home) == (1, N)
+    assert id_range(home) == (min(ids), max(ids))
     assert 0 < len(steps) < 200, len(steps)  # a scan of 4,000 rows takes over 8,000
+
+
+def test_re_scoring_reads_the_vector_file_without_mapping_it(big: Settings) -> None:
+    """A server re-scores a thousand scattered rows per query: the pages of a mapped vector
+    file stayed in its resident memory (10M photos: 6 GB after 500 queries, and growing)."""
+    home = Home(big)
+    searcher = Searcher(home, get_encoder(big))
+    for q in _clustered(20, 12):
+        assert len(searcher.search(Query(image_vector=q, k=10, cutoff=False)).hits) == 10
+    state = searcher._state()
+    assert state is not None and state.store is not None  # the hits were re-scored from it
+    assert str(home.vectors_path(_key(big))) not in Path("/proc/self/maps").read_text()
