@@ -13,9 +13,10 @@ its generation at each checkpoint (`stamp`), after the rows are on disk.
 
 Rows are read with positional reads, not through a memory mapping: a searcher reads a
 thousand scattered rows per query, and the pages a mapping touched stayed in its resident
-memory (10M photos: 6 GB of the 10 GB file after 500 queries, and growing). A read costs
-~3 us a row from the page cache; where pages are missing it reads a page, where a mapped
-fault read far more (1,000 rows with 9% of the file uncached: 14 ms against 196 ms).
+memory (10M photos: 6 GB of the 10 GB file after 500 queries, and growing). From the page
+cache 2,000 rows take 4.7 ms (1.9 ms from pages a mapping already holds); where pages are
+missing a read costs a page, a mapped fault far more (1,000 rows with 9% of the file
+uncached: 14 ms against 196 ms).
 """
 
 from __future__ import annotations
@@ -150,12 +151,13 @@ class VectorStore:
     def take(self, ids: Ids) -> Embeddings:
         """The rows of ids below `rows`, as float32 (zeros where no vector is stored)."""
         row = self.dim * _DTYPE.itemsize
-        fd = self._fd
-        chunks = [os.pread(fd, row, DATA_OFFSET + i * row) for i in ids.tolist()]
-        data = b"".join(chunks)
-        if len(data) != len(chunks) * row:  # past the end of a file cut short: no vector
-            data = b"".join(c.ljust(row, b"\0") for c in chunks)
-        return np.frombuffer(data, _DTYPE).reshape(-1, self.dim).astype(np.float32)
+        fd, offsets = self._fd, (DATA_OFFSET + ids * row).tolist()
+        out = np.zeros((len(offsets), self.dim), _DTYPE)
+        # Straight into the array: 2,000 rows took 2.9 ms, as 1 KB bytes objects joined 7.7.
+        view = out.data.cast("B")
+        for j, at in enumerate(offsets):  # a read past a cut-off end leaves zeros
+            os.preadv(fd, [view[j * row : (j + 1) * row]], at)
+        return out.astype(np.float32)
 
     def block(self, start: int, stop: int) -> Embeddings:
         """Rows start..stop (by id) as float32, in one read."""
