@@ -234,7 +234,7 @@ def store_recall(
     index: Any, store: Any, ids: np.ndarray, qs: np.ndarray, k: int = 10, unlike: bool = False
 ) -> float:
     """`index_recall` for a collection that is not in memory: exact search over the vector
-    file's rows in blocks (memory-mapped), candidates re-scored from it."""
+    file's rows in blocks, candidates re-scored from it."""
     from indexer.ondisk_build import _exact_by_blocks
     from indexer.vecstore import StoreRows
     from indexer.vectors import rescore
