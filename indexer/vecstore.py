@@ -14,7 +14,7 @@ its generation at each checkpoint (`stamp`), after the rows are on disk.
 Rows are read with positional reads, not through a memory mapping: a searcher reads a
 thousand scattered rows per query, and the pages a mapping touched stayed in its resident
 memory (10M photos: 6 GB of the 10 GB file after 500 queries, and growing). From the page
-cache 2,000 rows take 4.7 ms (1.9 ms from pages a mapping already holds); where pages are
+cache 2,000 rows take 3.4 ms (2.1 ms from pages a mapping already holds); where pages are
 missing a read costs a page, a mapped fault far more (1,000 rows with 9% of the file
 uncached: 14 ms against 196 ms).
 """
