@@ -96,7 +96,7 @@ def child(args: argparse.Namespace) -> None:
     _search(searcher, query_cls, "warm up the model and load the index")
     first = time.perf_counter() - started
     # The searcher reads the vector file and then the image rows into the page cache in the
-    # background when they fit in half the memory (`VectorStore.prefetch`); queries are timed
+    # background when they fit in half the memory (`vecstore.read_ahead`); queries are timed
     # once that is done, as on a server that has been up for a minute.
     started = time.perf_counter()
     for thread in threading.enumerate():

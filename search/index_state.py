@@ -16,7 +16,7 @@ from indexer.errors import InvalidInput
 from indexer.home import Home
 from indexer.lookups import id_range
 from indexer.types import Embeddings
-from indexer.vecstore import VectorStore
+from indexer.vecstore import VectorStore, read_ahead
 from indexer.vectors import VectorIndex
 from search.query_vectors import QueryVectors
 
@@ -115,7 +115,7 @@ class IndexState(QueryVectors):
         # until cached, queries took 100-150 ms); after them, the image rows (a sixth of the
         # vectors' size).
         if store is not None and (self._store is None or store.path != self._store.path):
-            store.prefetch(then=self.home.warm_images, first=fresh.mapped_files)
+            read_ahead([*fresh.mapped_files, store.path], then=self.home.warm_images)
         self._index, self._store, self._generation = fresh, store, generation
 
     def _rebuild(self, model: Model, why: str) -> VectorIndex:
