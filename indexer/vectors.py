@@ -2,9 +2,8 @@
 atomically, checked on open.
 
 Which kind for which size lives in `indexer.policy`, what each kind is in `indexer.kinds`
-(and `indexer.ondisk` for the memory-mapped one), the file layout in `indexer.indexfile`,
-FAISS primitives in `indexer.faiss_ops`. Older files holding an exact float32 flat index
-(``Flat``) still open and work.
+(`indexer.ondisk` for the memory-mapped one), the file layout in `indexer.indexfile`, FAISS
+primitives in `indexer.faiss_ops`. Older exact float32 flat (``Flat``) files still work.
 
 New vectors are added to whatever index is loaded (an IVF index assigns them to its trained
 lists; the on-disk kind keeps them in an in-memory delta). `VectorIndex.wants_rebuild` says
@@ -380,8 +379,9 @@ class VectorIndex:
             except (OSError, ValueError, RuntimeError) as exc:
                 reason = " ".join(str(exc).split())[:100] or type(exc).__name__
                 return None, f"its on-disk lists are unusable ({reason})"
-        if (count is not None and index.ntotal != count) or index.d != dim:
-            return None, f"holds {index.ntotal} vectors of dimension {index.d}, expected {count}"
+        want = index.ntotal if count is None else count  # None: not compared
+        if index.ntotal != want or index.d != dim:
+            return None, f"holds {index.ntotal} vectors of dimension {index.d}, expected {want}"
         if kinds.family(index) not in ("flat32", "flat16", "sq8", "pq", "ondisk"):
             return None, f"unexpected index structure {type(index).__name__}"
         vi = cls(dim, index, built=state.built or int(index.ntotal), policy=policy, place=path)
