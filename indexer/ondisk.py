@@ -107,8 +107,12 @@ class OnDiskIVF:
         delta: Any,
         tombstones: Ids | None = None,
         rotation: Rotation | None = None,
+        probe_margin: float = 0.0,
     ) -> None:
         self.base = base
+        #: How far below its best centroid score a text's lists are probed (`indexer.probing`;
+        #: 0: not measured, texts probe a fixed multiple of the tuned lists).
+        self.probe_margin = probe_margin
         #: The OPQ rotation the base and the delta hold their vectors in (None: none).
         self.rotation = rotation
         self.folder = folder
@@ -117,6 +121,7 @@ class OnDiskIVF:
         self._tomb: set[int] = set(int(i) for i in (tombstones if tombstones is not None else ()))
         self._tomb_sel: Any = None
         self._flat: Any = None
+        self._centroid_vecs = np.zeros((0, self.d), np.float32)
         self._lock = threading.Lock()
 
     # -- what it is -----------------------------------------------------------------------
@@ -227,10 +232,25 @@ class OnDiskIVF:
         if self._flat is None:
             faiss = _faiss()
             quantizer = faiss.downcast_index(self.base.quantizer)
+            self._centroid_vecs = quantizer.reconstruct_n(0, quantizer.ntotal)
             flat = faiss.IndexFlatIP(self.d)
-            flat.add(quantizer.reconstruct_n(0, quantizer.ntotal))
+            flat.add(self._centroid_vecs)
             self._flat = flat
         return self._flat
+
+    def centroid_scores(self, q: Embeddings, n: int, *, sort: bool = True) -> Scores:
+        """Inner products of (unrotated) queries with the lists' centroids: the best n of
+        each, best first; with ``sort=False`` all of them, in list order."""
+        q = rotate(q, self.rotation)
+        flat = self._centroids()
+        if not sort:
+            return np.asarray(q @ self._centroid_vecs.T, np.float32)
+        scores, _ = flat.search(q, min(n, self.nlist))
+        return scores  # type: ignore[no-any-return]
+
+    def assign(self, vecs: Embeddings) -> Ids:
+        """The list each (unrotated) vector was, or would be, added to."""
+        return self.base.quantizer.assign(rotate(vecs, self.rotation), 1).reshape(-1)  # type: ignore[no-any-return]
 
     def _tombstone_selector(self) -> Any:
         faiss = _faiss()
@@ -295,7 +315,8 @@ def open_base(folder: Path, delta: Any = None, tombstones: Ids | None = None) ->
         rotation = np.load(folder / ROTATION_FILE).astype(np.float32)
         if rotation.shape != (base.d, base.d):
             raise ValueError(f"{ROTATION_FILE} is {rotation.shape}, not {(base.d, base.d)}")
-    return OnDiskIVF(base, folder, base_ids, delta, tombstones, rotation)
+    margin = float(meta.get("probe_margin", 0.0))  # bases built before it was measured: 0
+    return OnDiskIVF(base, folder, base_ids, delta, tombstones, rotation, margin)
 
 
 def empty_delta(folder: Path) -> Any:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from indexer import probing
 from indexer.faiss_ops import Ids, _faiss, exact_search
 from indexer.ondisk import (
     BASE_FILE,
@@ -280,7 +281,8 @@ def tune(
     k: int = 10,
 ) -> float:
     """Set nprobe to the smallest value reaching `target` recall@k after exact re-scoring of
-    `want` hits, on sample queries (ground truth by blocks over every vector)."""
+    `want` hits, on sample queries (ground truth by blocks over every vector), and measure
+    the index's probe margin for texts (`indexer.probing`) in the same pass."""
     from indexer.faiss_ops import smallest_nprobe, tuning_queries
 
     rng = np.random.default_rng(1)
@@ -288,7 +290,11 @@ def tune(
     # than the in-memory kinds use (recall within about +-0.02).
     queries = min(queries, TUNING_QUERIES)
     sample = tuning_queries(_sample(ids, rows, min(len(ids), 20_000)), queries, rng)
-    truth = _exact_by_blocks(rows, sample, k)
+    directions = probing.random_directions(probing.CALIBRATION_QUERIES, index.d, rng)
+    both = _exact_by_blocks(rows, np.concatenate([sample, directions]), k)
+    truth, far = both[: len(sample)], both[len(sample) :]
+    neighbours = rows.take(far.reshape(-1)).reshape(len(directions), k, index.d)
+    index.probe_margin = probing.calibrate_margin(index, directions, neighbours)
 
     def top_of(found: Ids) -> np.ndarray:
         at = np.clip(np.searchsorted(ids, found), 0, len(ids) - 1)
@@ -303,6 +309,20 @@ def tune(
         index, sample, min(want, len(ids)), truth, top_of, limit=limit, target=target
     )
     return recall
+
+
+def record_margin(index: OnDiskIVF) -> None:
+    """Write the index's probe margin into its base's meta file (atomically)."""
+    path = index.folder / META_FILE
+    meta = json.loads(path.read_text())
+    # Rounded as written, so that this index and one opened from the file probe alike.
+    index.probe_margin = round(float(index.probe_margin), 6)
+    meta["probe_margin"] = index.probe_margin
+    tmp = path.with_name(f".{META_FILE}.tmp")
+    tmp.write_text(json.dumps(meta))
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def _exact_by_blocks(rows: RowBlocks, q: Embeddings, k: int) -> np.ndarray:
@@ -340,6 +360,7 @@ def build_tuned(
         max_fraction=policy.max_probe_fraction,
         queries=policy.tuning_queries,
     )
+    record_margin(index)
     log.info(
         "built %s over %d vectors in %.1fs (+%.1fs tuning): nprobe %d, recall@10 %.3f",
         kind, len(ids), built, time.perf_counter() - started - built, index.nprobe, recall,

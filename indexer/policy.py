@@ -60,13 +60,12 @@ class Policy:
     target_recall: float = 0.99
     #: `nprobe` never goes above this fraction of the lists.
     max_probe_fraction: float = 0.25
-    #: Queries unlike the indexed vectors probe this many times the tuned lists. Text
-    #: queries are such queries for an index of image embeddings (CLIP's modality gap: a
-    #: text's nearest images lie in more lists than an image's). Synthetic text-like queries
-    #: need no more (10M: 0.9975 at the tuned 271 lists); the worst case, a random-weights
-    #: text tower's vectors (best cosine to any photo 0.13, the top ten within 0.01 of each
-    #: other), gains 0.85 -> 0.91 at 10M from 3x, 0.92 from 4x for 10 ms more a query on
-    #: two cores (benchmarks/bench_query.py).
+    #: Queries unlike the indexed vectors probe this many times the tuned lists, on an index
+    #: that has not measured its probe margin (the in-memory kinds; on-disk bases built
+    #: before it was measured). Text queries are such queries for an index of image
+    #: embeddings (CLIP's modality gap: a text's nearest images lie in more lists than an
+    #: image's). On-disk bases probe, for each text, the lists its centroid scores call for
+    #: instead (`indexer.probing`).
     unlike_probe_factor: float = 3.0
     #: Sample queries used to tune `nprobe`.
     tuning_queries: int = 200

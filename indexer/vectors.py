@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from indexer import indexfile, kinds, ondisk, ondisk_build
+from indexer import indexfile, kinds, ondisk, ondisk_build, probing
 from indexer.errors import IndexDamaged
 from indexer.faiss_ops import Ids as Ids  # re-exported
 from indexer.faiss_ops import Scores as Scores  # re-exported
@@ -145,7 +145,7 @@ class VectorIndex:
         have id -1. For the exact top k, search `candidates(k)` and `rescore`.
 
         `unlike`: the queries are unlike the indexed vectors (texts against images), so an
-        IVF index probes more lists (`Policy.unlike_probe_factor`). A failure inside FAISS
+        IVF index probes more lists (`indexer.probing`). A failure inside FAISS
         is an `IndexDamaged`.
         """
         with _damage_reported():
@@ -158,7 +158,10 @@ class VectorIndex:
         q = np.ascontiguousarray(queries, np.float32).reshape(-1, self.dim)
         if not kinds.kind_of(index).ivf:
             return index.search(q, k)  # type: ignore[no-any-return]
-        return kinds.search_ivf(index, q, k, self._probes(index, unlike))
+        if len(q) > 1 and probing.per_query(index, unlike):  # each text its own lists
+            parts = [self._search(row[None], k, unlike) for row in q]
+            return np.concatenate([s for s, _ in parts]), np.concatenate([i for _, i in parts])
+        return kinds.search_ivf(index, q, k, probing.probes(index, self.policy, unlike, q))
 
     def search_subset(
         self, queries: Embeddings, k: int, ids: Ids, *, unlike: bool = False
@@ -187,17 +190,8 @@ class VectorIndex:
         if not kinds.kind_of(index).ivf:
             return index.search(q, k, params=faiss.SearchParameters(sel=sel))  # type: ignore[no-any-return]
         share = min(1.0, len(allowed) / n)
-        return kinds.search_ivf(index, q, k, math.ceil(self._probes(index, unlike) / share), sel)
-
-    def _probes(self, index: Any, unlike: bool) -> int:
-        """The tuned nprobe, or for unlike queries that times the policy's factor within its
-        cap (never below the tuned)."""
-        tuned = max(1, int(index.nprobe))
-        if not unlike:
-            return tuned
-        policy = self.policy
-        cap = max(tuned, int(policy.max_probe_fraction * int(index.nlist)))
-        return min(cap, math.ceil(tuned * policy.unlike_probe_factor))
+        probes = probing.probes(index, self.policy, unlike, q)
+        return kinds.search_ivf(index, q, k, math.ceil(probes / share), sel)
 
     # -- building -----------------------------------------------------------------------------
     @classmethod

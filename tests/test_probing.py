@@ -1,0 +1,109 @@
+"""Texts probe the lists their centroid scores call for (`indexer.probing`, issue 12): a
+text close to one topic the tuned lists, a flat one (its neighbours spread over lists that
+score alike) those within the margin the build measured."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from indexer import ondisk, ondisk_build, probing
+from indexer.faiss_ops import exact_search
+from indexer.ondisk import OnDiskIVF
+from indexer.policy import Policy, with_policy
+
+DIM = 128
+N = 20_000
+CLUSTERS = 200
+SPREAD = 0.7
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[OnDiskIVF, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((CLUSTERS, DIM))
+    vecs = _unit(centres[rng.integers(0, CLUSTERS, N)] + SPREAD * rng.standard_normal((N, DIM)))
+    place = tmp_path_factory.mktemp("probing") / "index.faiss"
+    index = ondisk_build.build_tuned(
+        "OnDisk,OPQ16,IVF128,PQ16",
+        DIM,
+        np.arange(N, dtype=np.int64),
+        ondisk.ArrayRows(vecs),
+        place,
+        with_policy(max_probe_fraction=1.0),
+    )
+    return index, vecs, centres
+
+
+def _recall(index: OnDiskIVF, vecs: np.ndarray, queries: np.ndarray, probes: list[int]) -> float:
+    _, truth = exact_search(vecs, queries, 10)
+    hits = 0
+    for q, lists, want in zip(queries, probes, truth, strict=True):
+        _, found = index.search(q[None], 200, faiss.SearchParametersIVF(nprobe=lists))
+        found = found[0][found[0] >= 0]
+        top = found[np.argsort(-(vecs[found] @ q))[:10]]
+        hits += len(set(top.tolist()) & set(want.tolist()))
+    return hits / (10 * len(queries))
+
+
+def _probes(index: OnDiskIVF, policy: Policy, queries: np.ndarray) -> list[int]:
+    return [probing.probes(index, policy, True, q[None]) for q in queries]
+
+
+def test_the_margin_is_measured_at_build_and_kept_with_the_base(
+    built: tuple[OnDiskIVF, np.ndarray, np.ndarray],
+) -> None:
+    index, _, _ = built
+    assert 0 < index.probe_margin < 1
+    meta = json.loads((index.folder / ondisk.META_FILE).read_text())
+    assert meta["probe_margin"] == pytest.approx(index.probe_margin)
+    assert ondisk.open_base(index.folder).probe_margin == pytest.approx(index.probe_margin)
+
+
+def test_a_topical_text_probes_the_tuned_lists_and_a_flat_one_finds_more(
+    built: tuple[OnDiskIVF, np.ndarray, np.ndarray],
+) -> None:
+    index, vecs, centres = built
+    policy = with_policy(max_probe_fraction=1.0)
+    rng = np.random.default_rng(5)
+    topical = _unit(
+        centres[rng.integers(0, CLUSTERS, 30)] + SPREAD * rng.standard_normal((30, DIM))
+    )
+    flat = probing.random_directions(30, DIM, np.random.default_rng(7))
+    tuned = index.nprobe
+    fixed = min(index.nlist, tuned * int(policy.unlike_probe_factor))  # without a margin
+
+    # A topical text costs what an image query costs (before: the fixed multiple), and
+    # finds the same neighbours.
+    near = _probes(index, policy, topical)
+    assert np.mean(near) < 1.5 * tuned < fixed
+    assert _recall(index, vecs, topical, near) >= 0.99
+    # A flat text probes more lists than the fixed multiple gave it, and finds more of its
+    # true neighbours.
+    far = _probes(index, policy, flat)
+    assert np.mean(far) > fixed
+    assert _recall(index, vecs, flat, far) >= _recall(index, vecs, flat, [fixed] * 30) + 0.04
+    # An image query (not unlike the photos) probes the tuned lists.
+    assert [probing.probes(index, policy, False, q[None]) for q in flat] == [tuned] * 30
+
+
+def test_an_index_without_a_margin_probes_the_fixed_multiple(
+    built: tuple[OnDiskIVF, np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    index, _, _ = built
+    policy = with_policy(max_probe_fraction=1.0)
+    old = ondisk.open_base(index.folder)
+    old.probe_margin = 0.0  # a base built before the margin was measured
+    old.nprobe = index.nprobe
+    q = probing.random_directions(1, DIM, np.random.default_rng(8))
+    assert probing.probes(old, policy, True, q) == min(
+        old.nlist, index.nprobe * int(policy.unlike_probe_factor)
+    )
