@@ -238,15 +238,10 @@ class OnDiskIVF:
             self._flat = flat
         return self._flat
 
-    def centroid_scores(self, q: Embeddings, n: int, *, sort: bool = True) -> Scores:
-        """Inner products of (unrotated) queries with the lists' centroids: the best n of
-        each, best first; with ``sort=False`` all of them, in list order."""
-        q = rotate(q, self.rotation)
-        flat = self._centroids()
-        if not sort:
-            return np.asarray(q @ self._centroid_vecs.T, np.float32)
-        scores, _ = flat.search(q, min(n, self.nlist))
-        return scores  # type: ignore[no-any-return]
+    def centroid_scores(self, q: Embeddings) -> Scores:
+        """Inner products of (unrotated) queries with every list's centroid, in list order."""
+        self._centroids()
+        return np.asarray(rotate(q, self.rotation) @ self._centroid_vecs.T, np.float32)
 
     def assign(self, vecs: Embeddings) -> Ids:
         """The list each (unrotated) vector was, or would be, added to."""

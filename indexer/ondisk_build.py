@@ -18,6 +18,7 @@ import numpy as np
 
 from indexer import probing
 from indexer.faiss_ops import Ids, _faiss, exact_search
+from indexer.indexfile import atomic_write
 from indexer.ondisk import (
     BASE_FILE,
     BLOCK_ROWS,
@@ -318,11 +319,7 @@ def record_margin(index: OnDiskIVF) -> None:
     # Rounded as written, so that this index and one opened from the file probe alike.
     index.probe_margin = round(float(index.probe_margin), 6)
     meta["probe_margin"] = index.probe_margin
-    tmp = path.with_name(f".{META_FILE}.tmp")
-    tmp.write_text(json.dumps(meta))
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(meta).encode())
 
 
 def _exact_by_blocks(rows: RowBlocks, q: Embeddings, k: int) -> np.ndarray:

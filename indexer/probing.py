@@ -47,8 +47,8 @@ def probes(index: Any, policy: Policy, unlike: bool, queries: Embeddings | None 
     margin = float(getattr(index, "probe_margin", 0.0))
     if not per_query(index, unlike) or queries is None or not len(queries):
         return min(cap, math.ceil(tuned * policy.unlike_probe_factor))
-    scores = index.centroid_scores(queries, cap)
-    within = (scores >= scores[:, :1] - np.float32(margin)).sum(axis=1)
+    scores = index.centroid_scores(queries)
+    within = (scores >= scores.max(axis=1, keepdims=True) - np.float32(margin)).sum(axis=1)
     return int(min(cap, max(tuned, int(within.max()))))
 
 
@@ -68,7 +68,7 @@ def calibrate_margin(index: Any, queries: Embeddings, neighbours: Embeddings) ->
     true nearest neighbours (`neighbours`, (queries, k, dim)) lie, at `MARGIN_COVERAGE`."""
     q = np.ascontiguousarray(queries, np.float32)
     nq, k, dim = neighbours.shape
-    scores = index.centroid_scores(q, int(index.nlist), sort=False)
+    scores = index.centroid_scores(q)
     homes = index.assign(np.ascontiguousarray(neighbours.reshape(nq * k, dim), np.float32))
     best = scores.max(axis=1)
     gaps = best[:, None] - np.take_along_axis(scores, homes.reshape(nq, k), axis=1)

@@ -369,7 +369,7 @@ def test_re_scoring_reads_the_vector_file_without_mapping_it(big: Settings) -> N
     home = Home(big)
     searcher = Searcher(home, get_encoder(big))
     for q in _clustered(20, 12):
-        assert len(searcher.search(Query(image_vector=q, k=10, cutoff=False)).hits) == 10
+        assert len(searcher.search(Query(image_vector=q, k=10)).hits) == 10
     state = searcher._state()
     assert state is not None and state.store is not None  # the hits were re-scored from it
     assert str(home.vectors_path(_key(big))) not in Path("/proc/self/maps").read_text()

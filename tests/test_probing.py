@@ -5,7 +5,6 @@ score alike) those within the margin the build measured."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import faiss
 import numpy as np
@@ -96,7 +95,7 @@ def test_a_topical_text_probes_the_tuned_lists_and_a_flat_one_finds_more(
 
 
 def test_an_index_without_a_margin_probes_the_fixed_multiple(
-    built: tuple[OnDiskIVF, np.ndarray, np.ndarray], tmp_path: Path
+    built: tuple[OnDiskIVF, np.ndarray, np.ndarray],
 ) -> None:
     index, _, _ = built
     policy = with_policy(max_probe_fraction=1.0)
