@@ -240,13 +240,19 @@ def store_recall(
     from indexer.vectors import rescore
 
     truth = ids[_exact_by_blocks(StoreRows(store, ids), qs, k)]
-    _, cand = index.search(qs, index.candidates(k), unlike=unlike)
     hits = 0
     for qi in range(len(qs)):
-        found, vecs = store.get(cand[qi][cand[qi] >= 0])
+        found, vecs = store.get(_candidates(index, qs[qi], k, unlike))
         _, top = rescore(qs[qi], found, vecs, k)
         hits += len(set(top.tolist()) & set(truth[qi].tolist()))
     return hits / (k * len(qs))
+
+
+def _candidates(index: Any, q: np.ndarray, k: int, unlike: bool) -> np.ndarray:
+    """The candidates the searcher re-scores for one query."""
+    row = q[None].astype(np.float32)
+    _, cand = index.search(row, index.candidates(k, row, unlike=unlike), unlike=unlike)
+    return cand[0][cand[0] >= 0]
 
 
 def disk_bytes(folder: Path) -> int:
@@ -262,11 +268,9 @@ def index_recall(
     from indexer.vectors import exact_search, rescore
 
     _, truth = exact_search(vecs, qs, k)
-    want = index.candidates(k)
-    _, cand = index.search(qs, want, unlike=unlike)
     hits = 0
     for qi in range(len(qs)):
-        c = cand[qi][cand[qi] >= 0]
+        c = _candidates(index, qs[qi], k, unlike)
         _, top = rescore(qs[qi], c, vecs[c - ids[0]], k)  # ids are consecutive
         hits += len(set(top.tolist()) & set(ids[truth[qi]].tolist()))
     return hits / (k * len(qs))

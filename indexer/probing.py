@@ -8,10 +8,11 @@ random text tower's output, at the worst) has them spread over lists scoring alm
 
 So an index that knows its *probe margin* probes, for a text, every list whose centroid
 scores within the margin of the query's best centroid: at least the tuned count, at most
-the policy's cap. The margin is measured when the index is built (`calibrate_margin`): for
-random directions (the flattest queries there are), how far below a query's best centroid
-score the lists of its true ten nearest neighbours lie. An index without one probes
-``unlike_probe_factor`` times the tuned lists for every text.
+the policy's cap; and re-scores as many times more candidates as it probes lists beyond the
+tuned count (`candidates`), up to the policy's factor. The margin is measured when the index
+is built (`calibrate_margin`): for random directions (the flattest queries there are), how
+far below a query's best centroid score the lists of its true ten nearest neighbours lie. An
+index without one probes ``unlike_probe_factor`` times the tuned lists for every text.
 """
 
 from __future__ import annotations
@@ -50,6 +51,19 @@ def probes(index: Any, policy: Policy, unlike: bool, queries: Embeddings | None 
     scores = index.centroid_scores(queries)
     within = (scores >= scores.max(axis=1, keepdims=True) - np.float32(margin)).sum(axis=1)
     return int(min(cap, max(tuned, int(within.max()))))
+
+
+def candidates(
+    index: Any, policy: Policy, unlike: bool, queries: Embeddings | None, base: int
+) -> int:
+    """Hits to re-score for these queries, given the kind's count for image-like ones
+    (`base`): texts probing more lists than the tuned count get as many times more, up to
+    the policy's `max_candidate_factor` (a flat text's neighbours score close together)."""
+    if not per_query(index, unlike) or queries is None or not len(queries):
+        return base
+    tuned = max(1, int(index.nprobe))
+    factor = min(policy.max_candidate_factor, probes(index, policy, unlike, queries) / tuned)
+    return math.ceil(base * max(1.0, factor))
 
 
 def per_query(index: Any, unlike: bool) -> bool:

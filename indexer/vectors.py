@@ -110,9 +110,11 @@ class VectorIndex:
         """IVF lists searched per query (0 for exhaustive kinds)."""
         return int(self.index.nprobe) if hasattr(self.index, "nprobe") else 0
 
-    def candidates(self, k: int) -> int:
-        """How many hits to fetch so that exact re-scoring of them finds the true top k."""
-        return kinds.kind_of(self.index).candidates(k)
+    def candidates(self, k: int, queries: Embeddings | None = None, *, unlike: bool = False) -> int:
+        """How many hits to fetch so that exact re-scoring of them finds the true top k
+        (for these queries: more for texts whose lists are many, `probing.candidates`)."""
+        base = kinds.kind_of(self.index).candidates(k)
+        return probing.candidates(self.index, self.policy, unlike, queries, base)
 
     def __len__(self) -> int:
         return int(self.index.ntotal)

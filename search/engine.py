@@ -214,11 +214,11 @@ class Searcher(IndexState):
                 return _Ranking([], [], np.zeros((0, model.dim), np.float32), True)
         # Even the plain ranking fetches what the index needs for its exact top `need`
         # (a compressed index's scores are approximate) and reports exact scores.
-        pool = index.candidates(need)
-        if q.rerank != "none":
-            pool = max(pool, need * POOL_FACTOR, need + POOL_EXTRA)
         # A query with text in it is unlike the image embeddings the index was tuned on.
         unlike = bool((q.text and q.text.strip()) or q.negative)
+        pool = index.candidates(need, vec.reshape(1, -1), unlike=unlike)
+        if q.rerank != "none":
+            pool = max(pool, need * POOL_FACTOR, need + POOL_EXTRA)
         try:
             few = allows.ids if allows is not None else None
             if few is not None and state.store is not None and len(few) <= EXACT_FILTERED:
