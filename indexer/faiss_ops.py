@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from indexer.errors import IndexDamaged
 from indexer.types import Embeddings
 
 log = logging.getLogger(__name__)
@@ -253,3 +255,13 @@ def tune_nprobe(
             target,
         )
     return recall
+
+
+@contextmanager
+def damage_reported() -> Iterator[None]:
+    """FAISS failing inside a search (a damaged structure) as an `IndexDamaged`."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as exc:
+        reason = " ".join(str(exc).split())[:120] or type(exc).__name__
+        raise IndexDamaged(f"the FAISS index failed while searching ({reason})") from exc

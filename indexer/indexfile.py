@@ -40,6 +40,8 @@ class IndexState:
     built: int = 0
     #: The tuned IVF nprobe (0 for exhaustive kinds).
     nprobe: int = 0
+    #: An in-memory IVF index's probe margin for texts (`indexer.probing`; 0: none).
+    probe_margin: float = 0.0
     #: An on-disk index: its base folder's name (the file holds its delta).
     base: str = ""
     #: An on-disk index: how many tombstoned base ids (int64) follow the FAISS payload.

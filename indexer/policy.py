@@ -61,11 +61,10 @@ class Policy:
     #: `nprobe` never goes above this fraction of the lists.
     max_probe_fraction: float = 0.25
     #: Queries unlike the indexed vectors probe this many times the tuned lists, on an index
-    #: that has not measured its probe margin (the in-memory kinds; on-disk bases built
-    #: before it was measured). Text queries are such queries for an index of image
-    #: embeddings (CLIP's modality gap: a text's nearest images lie in more lists than an
-    #: image's). On-disk bases probe, for each text, the lists its centroid scores call for
-    #: instead (`indexer.probing`).
+    #: that has not measured its probe margin (one saved before margins were measured).
+    #: Text queries are such queries for an index of image embeddings (CLIP's modality gap:
+    #: a text's nearest images lie in more lists than an image's). An index with a margin
+    #: probes, for each text, the lists its centroid scores call for (`indexer.probing`).
     unlike_probe_factor: float = 3.0
     #: A text probing more lists than the tuned count (its centroid scores are flat) has
     #: its candidates multiplied by as much, up to this factor: its neighbours score close

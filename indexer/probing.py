@@ -1,4 +1,4 @@
-"""How many inverted lists a query probes, and the on-disk kind's probe margin.
+"""How many inverted lists a query probes, and an IVF index's probe margin.
 
 An IVF index probes its tuned ``nprobe`` lists, tuned on image-like queries. Texts are
 unlike the indexed photos (CLIP's modality gap): their neighbours lie in more lists. How
@@ -36,39 +36,84 @@ CALIBRATION_QUERIES = 40
 MARGIN_COVERAGE = 0.99
 
 
-def probes(index: Any, policy: Policy, unlike: bool, queries: Embeddings | None = None) -> int:
+def probes(
+    index: Any,
+    policy: Policy,
+    unlike: bool,
+    queries: Embeddings | None = None,
+    margin: float | None = None,
+) -> int:
     """The lists to probe for these queries: the tuned count; for queries unlike the
     indexed vectors, those within the index's probe margin (the most any query of the batch
     needs), or without a margin the policy's factor times the tuned count; never more than
-    the policy's cap, never fewer than the tuned count."""
+    the policy's cap, never fewer than the tuned count. `margin`: the index's, when the
+    index itself does not carry one (the in-memory kinds)."""
     tuned = max(1, int(index.nprobe))
     if not unlike:
         return tuned
     cap = max(tuned, int(policy.max_probe_fraction * int(index.nlist)))
-    margin = float(getattr(index, "probe_margin", 0.0))
-    if not per_query(index, unlike) or queries is None or not len(queries):
+    margin = _margin(index, margin)
+    if not per_query(index, unlike, margin) or queries is None or not len(queries):
         return min(cap, math.ceil(tuned * policy.unlike_probe_factor))
-    scores = index.centroid_scores(queries)
+    scores = centroid_scores(index, queries)
     within = (scores >= scores.max(axis=1, keepdims=True) - np.float32(margin)).sum(axis=1)
     return int(min(cap, max(tuned, int(within.max()))))
 
 
 def candidates(
-    index: Any, policy: Policy, unlike: bool, queries: Embeddings | None, base: int
+    index: Any,
+    policy: Policy,
+    unlike: bool,
+    queries: Embeddings | None,
+    base: int,
+    margin: float | None = None,
 ) -> int:
     """Hits to re-score for these queries, given the kind's count for image-like ones
     (`base`): texts probing more lists than the tuned count get as many times more, up to
     the policy's `max_candidate_factor` (a flat text's neighbours score close together)."""
-    if not per_query(index, unlike) or queries is None or not len(queries):
+    margin = _margin(index, margin)
+    if not per_query(index, unlike, margin) or queries is None or not len(queries):
         return base
     tuned = max(1, int(index.nprobe))
-    factor = min(policy.max_candidate_factor, probes(index, policy, unlike, queries) / tuned)
-    return math.ceil(base * max(1.0, factor))
+    lists = probes(index, policy, unlike, queries, margin)
+    return math.ceil(base * max(1.0, min(policy.max_candidate_factor, lists / tuned)))
 
 
-def per_query(index: Any, unlike: bool) -> bool:
+def per_query(index: Any, unlike: bool, margin: float | None = None) -> bool:
     """Whether these queries' lists depend on each query (texts, on an index with a margin)."""
-    return unlike and float(getattr(index, "probe_margin", 0.0)) > 0
+    return unlike and _margin(index, margin) > 0
+
+
+def _margin(index: Any, margin: float | None) -> float:
+    """The index's own margin (the on-disk kind's), else the one given, else none."""
+    return float(getattr(index, "probe_margin", margin or 0.0))
+
+
+def centroid_scores(index: Any, queries: Embeddings) -> Embeddings:
+    """Inner products of queries with every list's centroid, in list order."""
+    if hasattr(index, "centroid_scores"):  # the on-disk kind: its queries are rotated first
+        return index.centroid_scores(queries)  # type: ignore[no-any-return]
+    q = np.ascontiguousarray(queries, np.float32)
+    scores, lists = index.quantizer.search(q, int(index.nlist))
+    out = np.empty_like(scores)
+    np.put_along_axis(out, lists, scores, axis=1)
+    return out
+
+
+def _lists_of(index: Any, vecs: Embeddings) -> np.ndarray:
+    if hasattr(index, "centroid_scores"):
+        return index.assign(vecs)  # type: ignore[no-any-return]
+    return index.quantizer.assign(vecs, 1).reshape(-1)  # type: ignore[no-any-return]
+
+
+def measure_margin(index: Any, vecs: Embeddings) -> float:
+    """The probe margin of an in-memory IVF index holding (at least) `vecs`, with exact
+    neighbours from them."""
+    from indexer.faiss_ops import exact_search
+
+    directions = random_directions(CALIBRATION_QUERIES, vecs.shape[1], np.random.default_rng(1))
+    _, rows = exact_search(vecs, directions, 10)
+    return calibrate_margin(index, directions, vecs[rows])
 
 
 def random_directions(count: int, dim: int, rng: np.random.Generator) -> Embeddings:
@@ -82,8 +127,8 @@ def calibrate_margin(index: Any, queries: Embeddings, neighbours: Embeddings) ->
     true nearest neighbours (`neighbours`, (queries, k, dim)) lie, at `MARGIN_COVERAGE`."""
     q = np.ascontiguousarray(queries, np.float32)
     nq, k, dim = neighbours.shape
-    scores = index.centroid_scores(q)
-    homes = index.assign(np.ascontiguousarray(neighbours.reshape(nq * k, dim), np.float32))
+    scores = centroid_scores(index, q)
+    homes = _lists_of(index, np.ascontiguousarray(neighbours.reshape(nq * k, dim), np.float32))
     best = scores.max(axis=1)
     gaps = best[:, None] - np.take_along_axis(scores, homes.reshape(nq, k), axis=1)
     margin = float(np.quantile(gaps, MARGIN_COVERAGE))

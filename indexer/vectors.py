@@ -23,8 +23,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -32,10 +31,9 @@ from typing import Any
 import numpy as np
 
 from indexer import indexfile, kinds, ondisk, ondisk_build, probing
-from indexer.errors import IndexDamaged
 from indexer.faiss_ops import Ids as Ids  # re-exported
 from indexer.faiss_ops import Scores as Scores  # re-exported
-from indexer.faiss_ops import _faiss, _new_exact, _train_ivf, tune_nprobe
+from indexer.faiss_ops import _faiss, _new_exact, _train_ivf, damage_reported, tune_nprobe
 from indexer.faiss_ops import exact_search as exact_search  # re-exported
 from indexer.faiss_ops import rescore as rescore  # re-exported
 from indexer.indexfile import IndexState
@@ -80,6 +78,7 @@ class VectorIndex:
         self.built = built
         self.policy = resolve(policy)
         self.place = place
+        self._margin = 0.0  # an in-memory IVF kind's probe margin (`indexer.probing`)
         self._lock = threading.RLock()
         self._journal: list[tuple[str, Ids, Embeddings | None]] | None = None
         self._thread: threading.Thread | None = None
@@ -110,11 +109,16 @@ class VectorIndex:
         """IVF lists searched per query (0 for exhaustive kinds)."""
         return int(self.index.nprobe) if hasattr(self.index, "nprobe") else 0
 
+    @property
+    def probe_margin(self) -> float:
+        """The IVF kinds' probe margin for texts (`indexer.probing`; 0: none measured)."""
+        return float(getattr(self.index, "probe_margin", self._margin))
+
     def candidates(self, k: int, queries: Embeddings | None = None, *, unlike: bool = False) -> int:
         """How many hits to fetch so that exact re-scoring of them finds the true top k
         (for these queries: more for texts whose lists are many, `probing.candidates`)."""
         base = kinds.kind_of(self.index).candidates(k)
-        return probing.candidates(self.index, self.policy, unlike, queries, base)
+        return probing.candidates(self.index, self.policy, unlike, queries, base, self._margin)
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
@@ -150,7 +154,7 @@ class VectorIndex:
         IVF index probes more lists (`indexer.probing`). A failure inside FAISS
         is an `IndexDamaged`.
         """
-        with _damage_reported():
+        with damage_reported():
             return self._search(queries, k, unlike)
 
     def _search(self, queries: Embeddings, k: int, unlike: bool) -> tuple[Scores, Ids]:
@@ -160,10 +164,11 @@ class VectorIndex:
         q = np.ascontiguousarray(queries, np.float32).reshape(-1, self.dim)
         if not kinds.kind_of(index).ivf:
             return index.search(q, k)  # type: ignore[no-any-return]
-        if len(q) > 1 and probing.per_query(index, unlike):  # each text its own lists
+        margin = self._margin  # a concurrent swap may pair it with the other index: harmless
+        if len(q) > 1 and probing.per_query(index, unlike, margin):  # each text its own lists
             parts = [self._search(row[None], k, unlike) for row in q]
             return np.concatenate([s for s, _ in parts]), np.concatenate([i for _, i in parts])
-        return kinds.search_ivf(index, q, k, probing.probes(index, self.policy, unlike, q))
+        return kinds.search_ivf(index, q, k, probing.probes(index, self.policy, unlike, q, margin))
 
     def search_subset(
         self, queries: Embeddings, k: int, ids: Ids, *, unlike: bool = False
@@ -173,7 +178,7 @@ class VectorIndex:
         An IVF index probes proportionally more lists the smaller the allowed share is, so
         that about as many allowed candidates are seen as by an unfiltered search.
         """
-        with _damage_reported():
+        with damage_reported():
             return self._search_subset(queries, k, ids, unlike)
 
     def _search_subset(
@@ -192,7 +197,7 @@ class VectorIndex:
         if not kinds.kind_of(index).ivf:
             return index.search(q, k, params=faiss.SearchParameters(sel=sel))  # type: ignore[no-any-return]
         share = min(1.0, len(allowed) / n)
-        probes = probing.probes(index, self.policy, unlike, q)
+        probes = probing.probes(index, self.policy, unlike, q, self._margin)
         return kinds.search_ivf(index, q, k, math.ceil(probes / share), sel)
 
     # -- building -----------------------------------------------------------------------------
@@ -240,15 +245,11 @@ class VectorIndex:
             max_fraction=p.max_probe_fraction,
             queries=p.tuning_queries,
         )
+        vi._margin = probing.measure_margin(index, vecs)
         log.info(
             "built %s over %d vectors in %.1fs (+%.1fs tuning): nprobe %d, recall@10 %.3f",
-            kind,
-            n,
-            trained,
-            time.perf_counter() - started - trained,
-            vi.nprobe,
-            recall,
-        )
+            kind, n, trained, time.perf_counter() - started - trained, vi.nprobe, recall,
+        )  # fmt: skip
         return vi
 
     @classmethod
@@ -278,6 +279,7 @@ class VectorIndex:
         with self._lock:
             self.index = other.index
             self.built = other.built
+            self._margin = other._margin
 
     def rebuild_async(
         self,
@@ -350,6 +352,7 @@ class VectorIndex:
                 kind=self.kind,
                 built=self.built,
                 nprobe=self.nprobe,
+                probe_margin=round(self._margin, 6),
             )
             if not isinstance(index, ondisk.OnDiskIVF):
                 indexfile.save(path, index, state)
@@ -383,14 +386,5 @@ class VectorIndex:
         vi = cls(dim, index, built=state.built or int(index.ntotal), policy=policy, place=path)
         if state.nprobe and hasattr(index, "nprobe"):
             index.nprobe = state.nprobe
+        vi._margin = state.probe_margin if not state.base else 0.0  # on-disk: in its base
         return vi, "ok"
-
-
-@contextmanager
-def _damage_reported() -> Iterator[None]:
-    """FAISS failing inside a search (a damaged structure) as an `IndexDamaged`."""
-    try:
-        yield
-    except (RuntimeError, MemoryError) as exc:
-        reason = " ".join(str(exc).split())[:120] or type(exc).__name__
-        raise IndexDamaged(f"the FAISS index failed while searching ({reason})") from exc

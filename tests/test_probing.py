@@ -5,6 +5,7 @@ score alike) those within the margin the build measured."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -14,6 +15,7 @@ from indexer import ondisk, ondisk_build, probing
 from indexer.faiss_ops import exact_search
 from indexer.ondisk import OnDiskIVF
 from indexer.policy import Policy, with_policy
+from indexer.vectors import VectorIndex
 
 DIM = 128
 N = 20_000
@@ -123,6 +125,12 @@ def test_a_flat_text_re_scores_more_candidates_and_finds_more(
     # A topical text, and any image query, re-scores the kind's count.
     assert wanted(topical) == [base] * 30
     assert wanted(flat, unlike=False) == [base] * 30
+    # So does the searcher, through the index it holds.
+    held = VectorIndex(DIM, index, built=N, policy=policy)
+    assert held.probe_margin == index.probe_margin
+    kinds_count = held.candidates(10)
+    assert held.candidates(10, flat[:1], unlike=True) > kinds_count
+    assert held.candidates(10, topical[:1], unlike=True) == kinds_count
 
 
 def test_an_index_without_a_margin_probes_the_fixed_multiple(
@@ -138,3 +146,52 @@ def test_an_index_without_a_margin_probes_the_fixed_multiple(
         old.nlist, index.nprobe * int(policy.unlike_probe_factor)
     )
     assert probing.candidates(old, policy, True, q, 200) == 200
+
+
+def test_an_in_memory_index_measures_its_margin_and_keeps_it_in_its_file(
+    built: tuple[OnDiskIVF, np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    _, vecs, centres = built
+    policy = with_policy(exact_limit=1000, max_probe_fraction=1.0)
+    ids = np.arange(1, N + 1, dtype=np.int64)
+    index = VectorIndex.build(DIM, ids, vecs, policy)
+    assert index.kind.endswith(",SQ8") and 0 < index.probe_margin < 1
+    tuned, fixed = index.nprobe, index.nprobe * int(policy.unlike_probe_factor)
+    rng = np.random.default_rng(5)
+    topical = _unit(
+        centres[rng.integers(0, CLUSTERS, 30)] + SPREAD * rng.standard_normal((30, DIM))
+    )
+    flat = probing.random_directions(30, DIM, np.random.default_rng(7))
+
+    def lists(queries: np.ndarray) -> list[int]:
+        return [
+            probing.probes(index.index, policy, True, q[None], index.probe_margin) for q in queries
+        ]
+
+    # The same structure as an index saved before margins were measured would open.
+    unmeasured = VectorIndex(DIM, index.index, built=N, policy=policy)
+    assert unmeasured.probe_margin == 0
+
+    def recall(queries: np.ndarray, index: VectorIndex) -> float:
+        """As the searcher searches a text: its candidates, re-scored exactly."""
+        _, truth = exact_search(vecs, queries, 10)
+        hits = 0
+        for q, want in zip(queries, truth, strict=True):
+            _, found = index.search(
+                q[None], index.candidates(10, q[None], unlike=True), unlike=True
+            )
+            found = found[0][found[0] >= 0]
+            top = found[np.argsort(-(vecs[found - 1] @ q))[:10]]
+            hits += len(set((top - 1).tolist()) & set(want.tolist()))
+        return hits / (10 * len(queries))
+
+    # Topical texts probe about the tuned lists (before: the fixed multiple), flat ones
+    # more than it, and find more of their neighbours than with the fixed multiple.
+    assert np.mean(lists(topical)) < 1.5 * tuned < fixed < np.mean(lists(flat))
+    assert recall(topical, index) >= 0.99
+    assert recall(flat, index) >= recall(flat, unmeasured) + 0.04
+    # Saved and opened again, the index keeps its margin.
+    index.save(tmp_path / "index.faiss", generation=3)
+    opened, why = VectorIndex.open(tmp_path / "index.faiss", DIM, 3, N, policy)
+    assert opened is not None, why
+    assert opened.probe_margin == pytest.approx(index.probe_margin, abs=1e-6)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from indexer import policy as policies
+from indexer import probing
 from indexer.vectors import Policy, VectorIndex, choose_kind, exact_search, rescore
 
 DIM = 32
@@ -360,22 +361,34 @@ def test_queries_run_numpy_blas_on_one_thread_and_leave_faiss_alone() -> None:
     assert all(n == faiss.omp_get_max_threads() for n in faiss_side)
 
 
-def test_queries_unlike_the_data_probe_more_lists() -> None:
+def test_queries_unlike_the_data_probe_their_own_lists() -> None:
     """Text queries sit apart from image embeddings (the modality gap), so an IVF index tuned
-    on image-like queries probes more lists for them (within the cap; bench_query.py measures
-    the recall this buys on a random text tower's queries)."""
+    on image-like queries probes, for each text, the lists within its probe margin
+    (`indexer.probing`; test_probing.py checks that flat texts get more), or without one a
+    fixed multiple of the tuned lists (bench_query.py measures the recall this buys on a
+    random text tower's queries)."""
     policy = Policy(exact_limit=1000, pq_limit=10**7, tuning_queries=100)
     vecs = clustered(20000, spread=0.2)
     ids = np.arange(1, len(vecs) + 1, dtype=np.int64)
     index = VectorIndex.build(DIM, ids, vecs, policy=policy)
+    assert index.probe_margin > 0
+    unmeasured = VectorIndex(DIM, index.index, built=len(ids), policy=policy)
     tuned, nlist = index.nprobe, faiss.extract_index_ivf(index.index).nlist
-    want = min(max(tuned, nlist // 4), math.ceil(policy.unlike_probe_factor * tuned))
-    assert want > tuned
+    fixed = min(max(tuned, nlist // 4), math.ceil(policy.unlike_probe_factor * tuned))
+    assert fixed > tuned
+    # Five texts near the photos, five as flat as texts come (random directions).
+    q = np.concatenate([queries(5), probing.random_directions(5, DIM, np.random.default_rng(3))])
+    own = [probing.probes(index.index, policy, True, row[None], index.probe_margin) for row in q]
+    assert all(tuned <= lists <= max(tuned, nlist // 4) for lists in own)
     stats = faiss.cvar.indexIVF_stats
-    for unlike, lists in ((False, tuned), (True, want)):
+    for vi, unlike, lists in (
+        (index, False, [tuned] * 10),
+        (index, True, own),
+        (unmeasured, True, [fixed] * 10),
+    ):
         stats.reset()
-        index.search(queries(10), 10, unlike=unlike)
-        assert stats.nlist == 10 * lists
+        vi.search(q, 10, unlike=unlike)
+        assert stats.nlist == sum(lists)
         stats.reset()
-        index.search_subset(queries(10), 10, ids[: len(ids) // 2], unlike=unlike)
-        assert stats.nlist == 10 * min(nlist, 2 * lists)
+        vi.search_subset(q, 10, ids[: len(ids) // 2], unlike=unlike)
+        assert stats.nlist == 10 * min(nlist, 2 * max(lists))
