@@ -312,8 +312,7 @@ class VectorIndex:
                         kinds.remove(fresh.index, op_ids)  # replays are idempotent
                         if op == "add" and op_vecs is not None:
                             kinds.add(fresh.index, op_ids, op_vecs, replace_ids=False)
-                    self.index = fresh.index
-                    self.built = fresh.built
+                    self.replace_with(fresh)
                     self._journal = None
                 log.info("index rebuilt as %s (%d changes replayed)", self.kind, len(journal))
                 if done is not None:

@@ -195,3 +195,7 @@ def test_an_in_memory_index_measures_its_margin_and_keeps_it_in_its_file(
     opened, why = VectorIndex.open(tmp_path / "index.faiss", DIM, 3, N, policy)
     assert opened is not None, why
     assert opened.probe_margin == pytest.approx(index.probe_margin, abs=1e-6)
+    # So does one rebuilt in the background (as a searcher rebuilds an ill-suited index).
+    unmeasured.rebuild_async(lambda: (ids, vecs))
+    unmeasured.wait_rebuild()
+    assert unmeasured.probe_margin == pytest.approx(index.probe_margin, abs=1e-6)
