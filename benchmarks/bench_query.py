@@ -19,7 +19,8 @@ resident memory (RSS) with the model and index loaded.
 recall@10 is the index's: its `candidates(10)` hits re-scored exactly (what the searcher
 does), against exact search over all vectors, on 200 synthetic text-like queries (a topic's
 direction plus noise) and, as "recall@10 text", on the text encoder's own query vectors
-searched the way the searcher searches text (more IVF lists: `indexer.probing`).
+searched the way the searcher searches text (each text its own IVF lists and, when those are
+many, more candidates: `indexer.probing`).
 With random weights those vectors are unrelated to the synthetic photos (best cosine ~0.12):
 a worst case of the modality gap, harder than a trained model's texts.
 
