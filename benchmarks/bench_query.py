@@ -15,6 +15,10 @@ from the stored embeddings, duplicate collapse, metadata rows; no captions. It w
 searcher's read-ahead, runs `--passes` passes of distinct texts (default 2) and reports the last
 pass's p50 and p99 latency (a server's steady state; the first pass's beside it) and its
 resident memory (RSS) with the model and index loaded.
+The random text tower's texts are the flattest queries there are (below); a trained model's
+text naming a subject lies close to a topic. So it also times `--topic-queries` (default 100)
+queries that encode a real text, as a text query does, then search a synthetic text-like
+vector in its place (`Query(image_vector=...)`): "topic p50".
 
 recall@10 is the index's: its `candidates(10)` hits re-scored exactly (what the searcher
 does), against exact search over all vectors, on 200 synthetic text-like queries (a topic's
@@ -55,7 +59,7 @@ from synthetic_home import DIM, Collection, write_home
 STREAM_ABOVE = 2_000_000
 HEADER = [
     "images", "index", "nprobe", "p50 ms", "p99 ms", "RSS GiB", "recall@10", "recall@10 text",
-    "build s", "vecfile s", "filtered p50", "camera p50", "B/image",
+    "build s", "vecfile s", "filtered p50", "camera p50", "topic p50", "B/image",
 ]  # fmt: skip
 WORDS_A = [
     "a dog", "two cats", "a red car", "children", "an old man", "a bride", "a horse",
@@ -122,6 +126,7 @@ def child(args: argparse.Namespace) -> None:
         cpu_per_query = (time.process_time() - cpu0) / max(1, len(times))
         first_pass = first_pass or times
     filtered = _filtered_queries(searcher, texts[3:], args.filtered)
+    topic = _topic_queries(searcher, encoder, texts[3:], len(searcher.index()), args)
     index = searcher.index()
     qvecs = np.stack([encoder.embed_texts([t])[0] for t in texts[3:63]])
     out = {
@@ -146,8 +151,39 @@ def child(args: argparse.Namespace) -> None:
         "torch_threads": __import__("torch").get_num_threads(),
         "text_vectors": qvecs.tolist(),
         **filtered,
+        **topic,
     }
     json.dump(out, sys.stdout)
+
+
+def _topic_queries(
+    searcher: Any, encoder: Any, texts: list[str], n: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Queries close to a topic, as a trained model's text naming a subject is (the random
+    tower's texts are the flattest queries there are): each encodes a real text, as a text
+    query does, then searches in its place a synthetic text-like vector (a topic plus noise,
+    `Collection.queries`, the recall@10 queries' kind)."""
+    from search.query import Query
+
+    if not args.topic_queries:
+        return {}
+    vecs = Collection(n, seed=args.seed).queries(args.topic_queries + 3, seed=23)
+    times, encode, hits = [], [], []
+    for i, v in enumerate(vecs):
+        t0 = time.perf_counter()
+        encoder.embed_texts([f"{texts[i % len(texts)]}, topic {i}"])
+        t1 = time.perf_counter()
+        found = searcher.search(Query(image_vector=v, k=20, captions=False)).hits
+        if i >= 3:  # warm-up queries, not timed
+            times.append(time.perf_counter() - t0)
+            encode.append(t1 - t0)
+            hits.append(len(found))
+    return {
+        "topic_p50_ms": 1000 * float(np.percentile(times, 50)),
+        "topic_p99_ms": 1000 * float(np.percentile(times, 99)),
+        "topic_encode_p50_ms": 1000 * float(np.percentile(encode, 50)),
+        "topic_mean_hits": float(np.mean(hits)),
+    }
 
 
 def _rss_parts() -> dict[str, int]:
@@ -329,7 +365,8 @@ def run_size(n: int, args: argparse.Namespace, checkpoint: Path, root: Path) -> 
         sys.executable, __file__, "--child", "--home", str(home_dir), "--checkpoint",
         str(checkpoint), "--model", args.model, "--queries", str(args.queries),
         "--torch-threads", str(args.torch_threads), "--filtered", str(args.filtered),
-        "--passes", str(args.passes),
+        "--passes", str(args.passes), "--topic-queries", str(args.topic_queries),
+        "--seed", str(args.seed),
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode:
@@ -384,6 +421,9 @@ def main() -> None:
         "--filtered", type=int, default=50, help="timed one-week-filtered queries per size"
     )
     parser.add_argument(
+        "--topic-queries", type=int, default=100, help="timed topic-like queries per size"
+    )
+    parser.add_argument(
         "--write-only", action="store_true", help="only write the synthetic homes (with --keep)"
     )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -426,6 +466,7 @@ def main() -> None:
             r["vector_file_s"],
             r.get("filtered_p50_ms", "-"),
             r.get("broad_filter_p50_ms", "-"),
+            r.get("topic_p50_ms", "-"),
             int(r["disk_bytes_per_image"]),
         ]
         for r in results
