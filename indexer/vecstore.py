@@ -134,12 +134,18 @@ class VectorStore:
         """(ids that have a vector, their float32 vectors), in the order asked."""
         ids = np.asarray(ids, np.int64).reshape(-1)
         inside = ids[(ids >= 0) & (ids < self.rows)]
-        vecs = self.take(inside)
-        present = np.any(vecs != 0, axis=1)
-        return inside[present], vecs[present]
+        raw = self._read(inside)
+        # A removed row is all zero bits; tested on the float16 bytes, 8 at a time where the
+        # row allows (6,000 rows of 512: 0.6 ms, where comparing the float32 rows took 1.5).
+        words = np.uint64 if raw.shape[1] % 4 == 0 else np.uint16
+        present = raw.view(words).any(axis=1)
+        return inside[present], _float32(raw[present])
 
     def take(self, ids: Ids) -> Embeddings:
         """The rows of ids below `rows`, as float32 (zeros where no vector is stored)."""
+        return _float32(self._read(ids))
+
+    def _read(self, ids: Ids) -> np.ndarray:
         row = self.dim * _DTYPE.itemsize
         fd, offsets = self._fd, (DATA_OFFSET + ids * row).tolist()
         out = np.zeros((len(offsets), self.dim), _DTYPE)
@@ -147,7 +153,7 @@ class VectorStore:
         view = out.data.cast("B")
         for j, at in enumerate(offsets):  # a read past a cut-off end leaves zeros
             os.preadv(fd, [view[j * row : (j + 1) * row]], at)
-        return _float32(out)
+        return out
 
     def block(self, start: int, stop: int) -> Embeddings:
         """Rows start..stop (by id) as float32, in one read."""
