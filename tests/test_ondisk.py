@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from indexer import ondisk, ondisk_build
+from indexer import ondisk, ondisk_build, vecstore
 from indexer.encoder import get_encoder, model_key
 from indexer.home import Home
 from indexer.settings import Settings
@@ -373,3 +373,21 @@ def test_re_scoring_reads_the_vector_file_without_mapping_it(big: Settings) -> N
     state = searcher._state()
     assert state is not None and state.store is not None  # the hits were re-scored from it
     assert str(home.vectors_path(_key(big))) not in Path("/proc/self/maps").read_text()
+
+
+@pytest.mark.parametrize("dim", [8, 6])  # rows of whole 8-byte words, and rows that are not
+def test_the_vector_file_returns_only_stored_rows_in_the_order_asked(
+    tmp_path: Path, dim: int
+) -> None:
+    rng = np.random.default_rng(4)
+    vecs = rng.standard_normal((20, dim)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    ids = np.arange(1, 21, dtype=np.int64)
+    store = vecstore.write_store(tmp_path / "v.f16", dim, 1, [(ids[:15], vecs[:15])], top=30)
+    store.put(ids[15:], vecs[15:])
+    store.drop(np.array([3, 7]))
+    asked = np.array([20, 3, 1, 99, 7, -1, 25, 16])  # dropped, past the end, never stored
+    found, rows = store.get(asked)
+    assert found.tolist() == [20, 1, 16]
+    assert np.abs(rows - vecs[[19, 0, 15]]).max() < 1e-3
+    assert rows.dtype == np.float32
