@@ -126,8 +126,8 @@ def child(args: argparse.Namespace) -> None:
         cpu_per_query = (time.process_time() - cpu0) / max(1, len(times))
         first_pass = first_pass or times
     filtered = _filtered_queries(searcher, texts[3:], args.filtered)
-    topic = _topic_queries(searcher, encoder, texts[3:], len(searcher.index()), args)
     index = searcher.index()
+    topic = _topic_queries(searcher, encoder, texts[3:], len(index), args)
     qvecs = np.stack([encoder.embed_texts([t])[0] for t in texts[3:63]])
     out = {
         "latency_ms": [1000 * t for t in times],
