@@ -7,6 +7,7 @@ every date filter.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -15,7 +16,7 @@ from datetime import date, datetime, time, timedelta
 from typing import Any
 
 import numpy as np
-from sqlalchemy import ColumnElement, and_, false, func, or_, select
+from sqlalchemy import ColumnElement, Connection, Select, and_, false, func, or_, select
 
 from indexer.db import Image
 from indexer.errors import InvalidInput
@@ -25,6 +26,10 @@ from indexer.types import Filters
 from indexer.vectors import Ids
 
 log = logging.getLogger(__name__)
+
+#: Ids drawn to estimate a broad filter's share of the collection (`allowed_share`): 2,000
+#: put the estimate within about 0.02 of the true share.
+SHARE_SAMPLE = 2_000
 
 _FORMAT_ALIASES = {"jpg": "jpeg", "jpe": "jpeg", "tif": "tiff", "heic": "heif"}
 
@@ -155,13 +160,42 @@ def allowed_ids(home: Home, f: Filters, limit: int | None = None) -> Ids | None:
     if limit is not None:
         stmt = stmt.limit(limit + 1)
     with home.engine.connect() as conn:
+        # Counted in the database first: a broad filter's ids would be read only to be
+        # dropped (one camera of three at ten million photos: 250,001 ids, 127 ms; counted,
+        # 26 ms).
+        if limit is not None and _count(conn, stmt) > limit:
+            return None
         # The driver's fetchall, not SQLAlchemy's row-by-row iteration: a broad filter
         # allows tens of thousands of ids, and per-row Python held the GIL ~28 ms per query
         # (12k ids), stalling every other request of the server.
         rows = conn.execute(stmt).cursor.fetchall()
-    if limit is not None and len(rows) > limit:
+    if limit is not None and len(rows) > limit:  # rows added between the two statements
         return None
     return np.sort(np.array(rows, dtype=np.int64).reshape(-1))
+
+
+def _count(conn: Connection, stmt: Select[Any]) -> int:
+    return int(conn.execute(select(func.count()).select_from(stmt.subquery())).scalar() or 0)
+
+
+def allowed_share(home: Home, f: Filters, sample: int = SHARE_SAMPLE) -> float | None:
+    """An estimate of the share of the collection the filters allow, from `sample` ids
+    drawn at random over the id range (None when too few of them are photos)."""
+    with home.engine.connect() as conn:
+        # Two statements: SQLite reads one end of the primary key only for a lone min or max
+        # (both in one statement scan the table).
+        low = conn.scalar(select(func.min(Image.id)))
+        high = conn.scalar(select(func.max(Image.id)))
+    if low is None or high is None:
+        return None
+    # Seeded: the same filters get the same estimate, and so the same candidates.
+    draws = np.random.default_rng(0).integers(int(low), int(high) + 1, sample)
+    probe = np.unique(draws)
+    with home.engine.connect() as conn:
+        present = conn.scalar(select(func.count()).select_from(Image).where(id_in(home, probe)))
+    if not present or present < len(probe) // 10:  # ids mostly gone: too few to tell
+        return None
+    return len(Allowed(home, f, None).among(probe)) / int(present)
 
 
 @dataclass(frozen=True)
@@ -172,6 +206,8 @@ class Allowed:
     home: Home
     filters: Filters
     ids: Ids | None
+    #: The share of the collection allowed, estimated (`allowed_share`) where `ids` is None.
+    share: float | None = None
 
     def among(self, ids: Ids) -> Ids:
         """Those of `ids` the filters allow, in their order."""
@@ -182,13 +218,25 @@ class Allowed:
         # Sorted, in as few statements as the database takes parameters: the rows are then
         # read in key order (20,000 candidates: 41 ms, against 101 ms 900 at a time).
         todo = np.unique(ids)
-        step = _most_parameters(self.home)
+        step = max(1, len(todo)) if _json_ids(self.home) else _most_parameters(self.home)
         with self.home.engine.connect() as conn:
             for start in range(0, len(todo), step):
-                part = [int(i) for i in todo[start : start + step]]
-                stmt = select(Image.id).where(Image.id.in_(part), *conds)
+                stmt = select(Image.id).where(id_in(self.home, todo[start : start + step]), *conds)
                 ok.extend(r[0] for r in conn.execute(stmt).cursor.fetchall())
         return ids[np.isin(ids, np.asarray(ok, np.int64))]
+
+
+def id_in(home: Home, ids: Ids) -> ColumnElement[bool]:
+    """`Image.id IN ids`; on SQLite the ids go as one JSON array (`json_each`): a list of
+    literals costs SQLAlchemy ~3 us an id to compile (26,000 candidates: 75 ms a query)."""
+    if _json_ids(home):
+        each = func.json_each(json.dumps(np.asarray(ids, np.int64).tolist())).table_valued("value")
+        return Image.id.in_(select(each.c.value))
+    return Image.id.in_([int(i) for i in ids])
+
+
+def _json_ids(home: Home) -> bool:
+    return home.dialect == "sqlite" and sqlite3.sqlite_version_info >= (3, 38)  # JSON built in
 
 
 def _most_parameters(home: Home) -> int:
@@ -200,7 +248,8 @@ def _most_parameters(home: Home) -> int:
 
 def allowed(home: Home, f: Filters, limit: int) -> Allowed:
     """What the filters allow, reading at most `limit` ids (see `Allowed`)."""
-    return Allowed(home, f, allowed_ids(home, f, limit))
+    ids = allowed_ids(home, f, limit)
+    return Allowed(home, f, ids, allowed_share(home, f) if ids is None else None)
 
 
 def count_undated(home: Home) -> int:

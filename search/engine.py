@@ -297,9 +297,12 @@ class Searcher(IndexState):
             _, ids = index.search_subset(q, n, allowed, unlike=unlike)
             found = _valid(ids[0])
             return found, len(found) < n or n >= len(allowed)
-        # Over-fetch from the whole index and keep what the filter allows; each round asks
-        # for as many as the share allowed so far says it needs, and tests only the new ones.
-        m = min(total, n * 2)
+        # Over-fetch from the whole index and keep what the filter allows; the first round
+        # asks for as many as the filter's share of the collection says it needs (one round,
+        # not two, for one camera of three), each later one for as many as the share allowed
+        # so far says, and tests only the new ones.
+        share = len(allowed) / total if allowed is not None else allows.share
+        m = min(total, max(n * 2, int(1.3 * n / share) if share else 0))
         checked, passed = np.zeros(0, np.int64), np.zeros(0, np.int64)
         while True:
             _, ids = index.search(q, m, unlike=unlike)

@@ -216,7 +216,7 @@ def test_a_camera_filter_reads_the_camera_index_and_follows_new_photos(
     from sqlalchemy.dialects import sqlite
 
     from indexer.db import Image
-    from indexer.filters import Allowed, allowed_ids, conditions
+    from indexer.filters import Allowed, allowed_ids, allowed_share, conditions
     from indexer.home import Home
     from indexer.settings import Settings
     from indexer.types import Filters
@@ -283,6 +283,9 @@ def test_a_camera_filter_reads_the_camera_index_and_follows_new_photos(
         by_ids = Allowed(home, f, ids).among(every)
         assert Allowed(home, f, None).among(every).tolist() == by_ids.tolist()
         assert sorted(by_ids.tolist()) == ids.tolist()
+        # The share a broad filter allows, estimated from ids drawn over the id range: here
+        # the draws cover every photo, so it is exact; it sizes the first over-fetch.
+        assert allowed_share(home, f) == pytest.approx(len(ids) / 8)
     stmt = select(Image.id).where(*conditions(Filters(camera="canon"), home))
     sql = str(stmt.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}))
     with home.engine.connect() as conn:
