@@ -89,21 +89,31 @@ def _exported(capsys, out: Path) -> dict[str, list]:
 def test_search_answers_as_on_sqlite(
     env, pg_server, photos: Path, tmp_path: Path, capsys, monkeypatch
 ) -> None:
+    # Three larger photos in a folder of their own; filters too broad for the ids a search
+    # reads (a limit of one id) are counted, their share estimated and the candidates tested
+    # in SQL on both databases.
+    make_photos(photos / "trip", 3, start=12, size=(200, 150))
+    monkeypatch.setenv("PIXSEARCH_FILTER_IDS_LIMIT", "1")
     run_cli(capsys, "index", str(photos))
     queries = [
         ("search", "--no-cutoff", "a red square", "-k", "5"),
         ("similar", "--no-cutoff", str(photos / "img_0003.jpg")),
+        ("search", "--no-cutoff", "a red square", "--folder", str(photos / "trip")),
+        ("search", "--no-cutoff", "a red square", "--min-width", "180", "-k", "2"),
     ]
     on_sqlite = [run_cli(capsys, *q, "--json").json() for q in queries]
     exported = _exported(capsys, tmp_path / "sqlite.npz")
     monkeypatch.setenv("PIXSEARCH_HOME", env["PIXSEARCH_HOME"] + "-pg")
     monkeypatch.setenv("PIXSEARCH_DATABASE_URL", pg_server.database())
     summary = run_cli(capsys, "index", str(photos), "--json").json()
-    assert summary["added"] == 12 and summary["failed"] == []
+    assert summary["added"] == 15 and summary["failed"] == []
     on_postgres = [run_cli(capsys, *q, "--json").json() for q in queries]
     assert on_postgres == on_sqlite
+    trip = [Path(h["path"]).parent.name for h in on_sqlite[2]]
+    assert trip == ["trip"] * 3, on_sqlite[2]
+    assert [Path(h["path"]).parent.name for h in on_sqlite[3]] == ["trip"] * 2
     status = run_cli(capsys, "status", "--json").json()
-    assert status["images"] == 12 and status["indexed_with_model"] == 12
+    assert status["images"] == 15 and status["indexed_with_model"] == 15
     assert status["database_bytes"] > 0
     assert _exported(capsys, tmp_path / "pg.npz") == exported
 
