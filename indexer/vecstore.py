@@ -46,6 +46,8 @@ DATA_OFFSET = 4096
 #: Bytes read at a time when the file is prefetched.
 PREFETCH_CHUNK = 8 << 20
 _DTYPE = np.dtype("<f2")
+#: Rows read by one call at most, for a run of consecutive ids (64 MB at 512 dimensions).
+_RUN_ROWS = 1 << 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +141,8 @@ class VectorStore:
         # row allows (6,000 rows of 512: 0.6 ms, where comparing the float32 rows took 1.5).
         words = np.uint64 if raw.shape[1] % 4 == 0 else np.uint16
         present = raw.view(words).any(axis=1)
+        if present.all():  # the usual case: no copy of the rows
+            return inside, _float32(raw)
         return inside[present], _float32(raw[present])
 
     def take(self, ids: Ids) -> Embeddings:
@@ -147,12 +151,19 @@ class VectorStore:
 
     def _read(self, ids: Ids) -> np.ndarray:
         row = self.dim * _DTYPE.itemsize
-        fd, offsets = self._fd, (DATA_OFFSET + ids * row).tolist()
-        out = np.zeros((len(offsets), self.dim), _DTYPE)
+        ids = np.asarray(ids, np.int64).reshape(-1)
+        out = np.zeros((len(ids), self.dim), _DTYPE)
         # Straight into the array: 2,000 rows took 2.9 ms, as 1 KB bytes objects joined 7.7.
         view = out.data.cast("B")
-        for j, at in enumerate(offsets):  # a read past a cut-off end leaves zeros
-            os.preadv(fd, [view[j * row : (j + 1) * row]], at)
+        # A run of consecutive ids (the photos of one trip, indexed folder by folder, under a
+        # date filter) is one read; candidates in score order are single rows.
+        # (At most _RUN_ROWS a read: one pread call moves at most 2 GB.)
+        at_row = np.arange(len(ids)) % _RUN_ROWS == 0
+        starts = np.flatnonzero((np.diff(ids, prepend=ids[:1] - 2) != 1) | at_row)
+        ends = np.append(starts[1:], len(ids))
+        fd, offsets = self._fd, (DATA_OFFSET + ids[starts] * row).tolist()
+        for a, b, at in zip(starts.tolist(), ends.tolist(), offsets, strict=True):
+            os.preadv(fd, [view[a * row : b * row]], at)  # past a cut-off end: zeros
         return out
 
     def block(self, start: int, stop: int) -> Embeddings:

@@ -391,3 +391,16 @@ def test_the_vector_file_returns_only_stored_rows_in_the_order_asked(
     assert found.tolist() == [20, 1, 16]
     assert np.abs(rows - vecs[[19, 0, 15]]).max() < 1e-3
     assert rows.dtype == np.float32
+    # Runs of consecutive ids are read a run at a time: one spanning a dropped row, the
+    # end of what was written first and rows never stored, another right after it.
+    found, rows = store.get(np.array([5, 6, 7, 8, 13, 14, 15, 16, 17, 24, 25, 26, 2, 1]))
+    assert found.tolist() == [5, 6, 8, 13, 14, 15, 16, 17, 2, 1]
+    assert np.abs(rows - vecs[[4, 5, 7, 12, 13, 14, 15, 16, 1, 0]]).max() < 1e-3
+    # A run longer than one read takes (`_RUN_ROWS`) comes back whole.
+    many = vecstore._RUN_ROWS + 10
+    big = rng.standard_normal((many, dim)).astype(np.float32)
+    every = np.arange(1, many + 1, dtype=np.int64)
+    store = vecstore.write_store(tmp_path / "big.f16", dim, 1, [(every, big)], top=many + 1)
+    found, rows = store.get(every)
+    assert found.tolist() == every.tolist()
+    assert np.abs(rows - big).max() < 1e-2 * np.abs(big).max()
