@@ -38,6 +38,9 @@ DATE_SORT_POOL = 400
 PAGE_CACHE_ROWS = 100_000
 #: A filter allowing at most this many images is scored exactly from the vector file.
 EXACT_FILTERED = 20_000
+#: The first over-fetch for a broad filter asks for at most this many times the candidates
+#: (its share is an estimate; later rounds ask for more if it was too low).
+FIRST_FETCH_MAX = 40
 
 
 def single_threaded_numpy_blas() -> None:
@@ -302,7 +305,8 @@ class Searcher(IndexState):
         # not two, for one camera of three), each later one for as many as the share allowed
         # so far says, and tests only the new ones.
         share = len(allowed) / total if allowed is not None else allows.share
-        m = min(total, max(n * 2, int(1.3 * n / share) if share else 0))
+        first = min(int(1.3 * n / share), FIRST_FETCH_MAX * n) if share else 0
+        m = min(total, max(n * 2, first))
         checked, passed = np.zeros(0, np.int64), np.zeros(0, np.int64)
         while True:
             _, ids = index.search(q, m, unlike=unlike)

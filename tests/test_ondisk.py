@@ -391,6 +391,9 @@ def test_the_vector_file_returns_only_stored_rows_in_the_order_asked(
     assert found.tolist() == [20, 1, 16]
     assert np.abs(rows - vecs[[19, 0, 15]]).max() < 1e-3
     assert rows.dtype == np.float32
+    for nothing in (np.array([], np.int64), np.array([99, -1])):
+        found, rows = store.get(nothing)
+        assert found.tolist() == [] and rows.shape == (0, dim)
     # Runs of consecutive ids are read a run at a time: one spanning a dropped row, the
     # end of what was written first and rows never stored, another right after it.
     found, rows = store.get(np.array([5, 6, 7, 8, 13, 14, 15, 16, 17, 24, 25, 26, 2, 1]))
