@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 #: Ids drawn to estimate a broad filter's share of the collection (`allowed_share`): 2,000
 #: put the estimate within about 0.02 of the true share.
 SHARE_SAMPLE = 2_000
+#: Broad filters remembered per database generation (`allowed`), at most.
+BROAD_KEPT = 256
 
 _FORMAT_ALIASES = {"jpg": "jpeg", "jpe": "jpeg", "tif": "tiff", "heic": "heif"}
 
@@ -247,9 +249,21 @@ def _most_parameters(home: Home) -> int:
 
 
 def allowed(home: Home, f: Filters, limit: int) -> Allowed:
-    """What the filters allow, reading at most `limit` ids (see `Allowed`)."""
+    """What the filters allow, reading at most `limit` ids (see `Allowed`).
+
+    That a filter is broad, and its estimated share, are kept until the database changes:
+    counting and sampling took ~45 ms of a one-camera query at ten million photos, and a
+    user browsing with a camera or format filter set asks it again and again."""
+    broad: dict[tuple[Filters, int], float | None] = home.per_generation("broad_filters", dict)
+    if (f, limit) in broad:
+        return Allowed(home, f, None, broad[(f, limit)])
     ids = allowed_ids(home, f, limit)
-    return Allowed(home, f, ids, allowed_share(home, f) if ids is None else None)
+    if ids is not None:
+        return Allowed(home, f, ids)
+    if len(broad) >= BROAD_KEPT:
+        broad.clear()
+    share = broad[(f, limit)] = allowed_share(home, f)
+    return Allowed(home, f, None, share)
 
 
 def count_undated(home: Home) -> int:

@@ -216,7 +216,7 @@ def test_a_camera_filter_reads_the_camera_index_and_follows_new_photos(
     from sqlalchemy.dialects import sqlite
 
     from indexer.db import Image
-    from indexer.filters import Allowed, allowed_ids, allowed_share, conditions
+    from indexer.filters import Allowed, allowed, allowed_ids, allowed_share, conditions
     from indexer.home import Home
     from indexer.settings import Settings
     from indexer.types import Filters
@@ -286,6 +286,14 @@ def test_a_camera_filter_reads_the_camera_index_and_follows_new_photos(
         # The share a broad filter allows, estimated from ids drawn over the id range: here
         # the draws cover every photo, so it is exact; it sizes the first over-fetch.
         assert allowed_share(home, f) == pytest.approx(len(ids) / 8)
+    # A broad filter's share is kept until the collection changes, then estimated again.
+    canon = Filters(camera="canon")
+    assert allowed(home, canon, 1).share == allowed(home, canon, 1).share == pytest.approx(2 / 8)
+    exif = PILImage.Exif()
+    exif[0x010F], exif[0x0110] = "Canon", "EOS R5"
+    picture(98).save(folder / "canon3.jpg", exif=exif)
+    assert run_cli(capsys, "index", str(folder)).code == 0
+    assert allowed(home, canon, 1).share == pytest.approx(3 / 9)
     stmt = select(Image.id).where(*conditions(Filters(camera="canon"), home))
     sql = str(stmt.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}))
     with home.engine.connect() as conn:
