@@ -153,9 +153,9 @@ class VectorStore:
         row = self.dim * _DTYPE.itemsize
         ids = np.asarray(ids, np.int64).reshape(-1)
         out = np.zeros((len(ids), self.dim), _DTYPE)
-        # Straight into the array: 2,000 rows took 2.9 ms, as 1 KB bytes objects joined 7.7.
         if not len(ids):
             return out
+        # Straight into the array: 2,000 rows took 2.9 ms, as 1 KB bytes objects joined 7.7.
         view = out.data.cast("B")
         # A run of consecutive ids (the photos of one trip, indexed folder by folder, under a
         # date filter) is one read; candidates in score order are single rows.
