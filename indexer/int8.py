@@ -2,11 +2,12 @@
 
 ONNX Runtime's dynamic quantisation (int8 weights, per output channel; activations quantised
 per batch at run time) runs on the CPU's integer dot-product instructions (AVX-512 VNNI,
-AVX2's `vpmaddubsw`, AMX where present). On a 2-core AVX-512 BF16 CPU, ViT-B-32's image tower
-ran ~2.4x faster than pixsearch's packed bfloat16 and ~3x faster than float32, minimum cosine
-0.9998 to float32 (random weights; benchmarks/bench_index.py). PyTorch's own paths were
-measured too: eager `quantize_dynamic` (deprecated) about as fast as bf16, torchao's int8
-dynamic-activation config 2.5x slower than bf16 on the CPU; OpenVINO's bf16 no clear gain.
+AMX where present, or AVX2's `vpmaddubsw`, with 7-bit weights there: `products_saturate`).
+On a 2-core AVX-512 BF16 CPU, ViT-B-32's image tower ran ~2.4x faster than pixsearch's
+packed bfloat16 and ~3x faster than float32, minimum cosine 0.9998 to float32 (random
+weights; benchmarks/bench_index.py). PyTorch's own paths were measured too: eager
+`quantize_dynamic` (deprecated) about as fast as bf16, torchao's int8 dynamic-activation
+config 2.5x slower than bf16 on the CPU; OpenVINO's bf16 no clear gain.
 
 Exporting and quantising take seconds (more for big models), so the quantised graphs are
 kept on disk, named by the model and its checkpoint's size and time, and reused.
@@ -73,16 +74,21 @@ class Int8Towers:
         name: str,
         threads: int = 0,
         towers: tuple[str, ...] = ("image", "text"),
+        seven_bit: bool | None = None,
     ) -> None:
         import onnxruntime as ort
 
         folder.mkdir(parents=True, exist_ok=True)
+        #: Weights quantised to 7 bits, where this CPU's 8-bit products would saturate
+        #: (None: ask ONNX Runtime, `products_saturate`).
+        self.seven_bit = products_saturate() if seven_bit is None else seven_bit
+        suffix = "int8w7" if self.seven_bit else "int8"
         paths = {}
         for tower in towers:
-            path = folder / f"{name}.{tower}.int8.onnx"
+            path = folder / f"{name}.{tower}.{suffix}.onnx"
             if not path.is_file():
                 try:
-                    _export_quantised(model, tower, path)
+                    _export_quantised(model, tower, path, seven_bit=self.seven_bit)
                 except (RuntimeError, ValueError, TypeError, OSError) as exc:
                     raise ModelUnavailable(
                         f"cannot convert the {tower} tower to int8: {str(exc)[:200]}"
@@ -119,8 +125,64 @@ def _text_truncates(model: Any) -> bool:
     return text_prefix_supported(model)
 
 
-def _export_quantised(model: Any, tower: str, dest: Path) -> None:
-    """Export one tower to ONNX (float32), quantise it dynamically to int8, write `dest`."""
+def products_saturate() -> bool:
+    """Whether ONNX Runtime's int8 products saturate on this CPU (cached).
+
+    Without VNNI (AVX2-only CPUs), ONNX Runtime multiplies uint8 activations by int8 weights
+    with `vpmaddubsw`, which adds pairs of products into int16 and clips them: with full 8-bit
+    weights, embeddings of real photos fell to cosine 0.985 of float32 (ViT-B-32, CPUID
+    limited to AVX2). Weights of 7 bits cannot overflow it (ONNX Runtime's `reduce_range`).
+    Asked of the runtime itself, with one product that overflows 16 bits, rather than read
+    from CPU flags: it is the kernel ONNX Runtime picks that matters.
+    """
+    global _saturates
+    if _saturates is None:
+        _saturates = bool((probe_products() != PROBE_EXACT).any())
+        if _saturates:
+            log.info("this CPU's int8 products saturate (no VNNI): int8 weights use 7 bits")
+    return _saturates
+
+
+_saturates: bool | None = None
+
+#: The probe's depth: 128 products of 255 x 127 sum to 4,145,280, or to 64 x 32,767 = 2,097,088
+#: when each pair is clipped to int16.
+_PROBE_K = 128
+PROBE_EXACT = 255 * 127 * _PROBE_K
+PROBE_CLIPPED = 32_767 * _PROBE_K // 2
+
+
+def probe_products() -> np.ndarray:
+    """ONNX Runtime's int32 results (16, 16) of uint8 255s times int8 127s, `_PROBE_K` deep."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "b"], ["y"])],
+        "saturation-probe",
+        [
+            helper.make_tensor_value_info("a", TensorProto.UINT8, [16, _PROBE_K]),
+            helper.make_tensor_value_info("b", TensorProto.INT8, [_PROBE_K, 16]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [16, 16])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = min(model.ir_version, 9)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(
+        model.SerializeToString(),
+        options,
+        providers=["CPUExecutionProvider"],
+    )
+    a = np.full((16, _PROBE_K), 255, np.uint8)
+    b = np.full((_PROBE_K, 16), 127, np.int8)
+    return np.asarray(session.run(None, {"a": a, "b": b})[0])
+
+
+def _export_quantised(model: Any, tower: str, dest: Path, seven_bit: bool = False) -> None:
+    """Export one tower to ONNX (float32), quantise it dynamically to int8 (`seven_bit`:
+    weights within 7 bits, see `products_saturate`), write `dest`."""
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -145,6 +207,7 @@ def _export_quantised(model: Any, tower: str, dest: Path) -> None:
                 str(quantised),
                 weight_type=QuantType.QInt8,
                 per_channel=True,
+                reduce_range=seven_bit,
                 # Only the matrix products: the rest stays float32, as in the bf16 path.
                 op_types_to_quantize=["MatMul", "Gemm"],
             )

@@ -166,6 +166,49 @@ def test_int8_embeddings_stay_within_cosine_099_of_float32(trained) -> None:
     assert float(int8.embed_texts(texts[:2]).prod(axis=0).sum()) < 0.999
 
 
+def test_the_int8_probe_tells_whether_this_cpus_products_saturate() -> None:
+    from indexer import int8
+
+    if missing := _int8_missing():
+        pytest.skip(missing)
+    # Exact with VNNI or AMX, each pair clipped to int16 on AVX2: any other value is a broken
+    # probe, which would pick the wrong weights on some CPU.
+    values = set(int8.probe_products().ravel().tolist())
+    assert values in ({int8.PROBE_EXACT}, {int8.PROBE_CLIPPED})
+    assert int8.products_saturate() == (values == {int8.PROBE_CLIPPED})
+
+
+@pytest.mark.parametrize("seven_bit", [False, True])
+def test_both_int8_graphs_stay_within_cosine_099_on_this_cpu(
+    trained, tmp_path: Path, seven_bit: bool
+) -> None:
+    """The AVX2 graph (7-bit weights) and the VNNI one, each run here whatever this CPU is."""
+    import open_clip
+    import torch
+
+    from indexer import int8
+    from indexer.encoder import prepare_pixels
+    from indexer.runners import Preprocess, normalised
+
+    if missing := _int8_missing():
+        pytest.skip(missing)
+    config, checkpoint = trained
+    open_clip.add_model_config(config)
+    model = open_clip.create_model(config.stem, pretrained=str(checkpoint)).eval()
+    towers = int8.Int8Towers(model, tmp_path, "tiny", towers=("image",), seven_bit=seven_bit)
+    assert [p.name for p in tmp_path.iterdir()] == [
+        "tiny.image.int8w7.onnx" if seven_bit else "tiny.image.int8.onnx"
+    ]
+    pre = Preprocess.of(model)
+    pixels = np.stack([prepare_pixels(picture(seed, (120, 90)), pre) for seed in range(12)])
+    x = normalised(pixels, pre, "cpu").contiguous()
+    with torch.no_grad():
+        want = torch.nn.functional.normalize(model.encode_image(x), dim=-1).numpy()
+    got = towers.encode_image(x.numpy())
+    got /= np.linalg.norm(got, axis=1, keepdims=True)
+    assert (want * got).sum(axis=1).min() >= MIN_COSINE
+
+
 def test_auto_calibrates_once_remembers_in_the_home_and_status_says_why(
     trained, tmp_path: Path, monkeypatch, capsys, caplog
 ) -> None:
