@@ -326,7 +326,8 @@ def main() -> None:
             best = ", ".join(f"{e[f'ceiling_speedup_vs_{b}']:.2f}x {b}" for b in baselines)
             shares = ", ".join(f"{side} {e[f'{side}_share_of_ceiling']:.0%}" for side in ours)
             print(
-                f"  {e['set']}: bf16 ceiling {e['ceiling_images_per_second']:.1f} img/s "
+                f"  {e['set']}: {ceiling['precision']} ceiling "
+                f"{e['ceiling_images_per_second']:.1f} img/s "
                 f"({best or 'n/a'}); reached: {shares}"
             )
 

@@ -104,6 +104,8 @@ def cpu_class(flags: list[str]) -> str:
         name = "AVX2"
     else:
         name = "pre-AVX2"
+    if os.environ.get("PIXSEARCH_BENCH_CPUID") == "avx2":
+        return f"AVX2, emulated on an {name} CPU (CPUID limited: emulate_avx2.py)"
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
     return f"{name}, emulating {cap} (ONEDNN_MAX_CPU_ISA; torch only)" if cap else name
 
