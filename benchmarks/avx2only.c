@@ -5,6 +5,8 @@
 #define _GNU_SOURCE
 #include <signal.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <ucontext.h>
 #include <unistd.h>
@@ -18,8 +20,6 @@ static int installed;
 
 static struct sigaction previous;
 static volatile unsigned long traps;  /* CPUIDs answered (AVX2ONLY_COUNT=1 prints it) */
-#include <stdio.h>
-#include <stdlib.h>
 
 static void real_cpuid(uint32_t leaf, uint32_t sub, uint32_t r[4]) {
     __asm__ volatile("cpuid" : "=a"(r[0]), "=b"(r[1]), "=c"(r[2]), "=d"(r[3]) : "a"(leaf), "c"(sub));
@@ -44,7 +44,9 @@ static void on_fault(int sig, siginfo_t *info, void *ctx) {
     ucontext_t *uc = ctx;
     greg_t *g = uc->uc_mcontext.gregs;
     const unsigned char *ip = (const unsigned char *)g[REG_RIP];
-    if (ip[0] == 0x0f && ip[1] == 0xa2) {
+    /* A faulting CPUID is a general-protection fault (SI_KERNEL); only then is RIP readable
+     * for sure (a jump to an unmapped address faults with SEGV_MAPERR). */
+    if (info->si_code == SI_KERNEL && ip[0] == 0x0f && ip[1] == 0xa2) {
         uint32_t r[4], leaf = (uint32_t)g[REG_RAX], sub = (uint32_t)g[REG_RCX];
         syscall(SYS_arch_prctl, ARCH_SET_CPUID, 1);
         real_cpuid(leaf, sub, r);

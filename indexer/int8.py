@@ -125,6 +125,9 @@ def _text_truncates(model: Any) -> bool:
     return text_prefix_supported(model)
 
 
+_saturates: bool | None = None
+
+
 def products_saturate() -> bool:
     """Whether ONNX Runtime's int8 products saturate on this CPU (cached).
 
@@ -148,8 +151,6 @@ def products_saturate() -> bool:
     return _saturates
 
 
-_saturates: bool | None = None
-
 #: The probe's depth: 128 products of 255 x 127 sum to 4,145,280, or to 64 x 32,767 = 2,097,088
 #: when each pair is clipped to int16.
 _PROBE_K = 128
@@ -172,6 +173,7 @@ def probe_products() -> np.ndarray:
         [helper.make_tensor_value_info("y", TensorProto.INT32, [16, 16])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    # The onnx package may write a newer IR version than this ONNX Runtime reads.
     model.ir_version = min(model.ir_version, 9)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
