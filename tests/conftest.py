@@ -21,6 +21,28 @@ TINY_CONFIG = {
 }
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give every test an id of its own, and refuse a run where two still share one.
+
+    schemathesis names its items by operation ("...[POST /search]") but leaves their ids
+    alike, and pytest-xdist (the README's command runs the suite on two workers) schedules
+    one test per id: nine of the ten operations went unfuzzed without a word.
+    """
+    ids: dict[str, int] = {}
+    for item in items:
+        head, _, last = item.nodeid.rpartition("::")
+        if head and last != item.name:
+            renamed = f"{head}::{item.name}"
+            if hasattr(item, "_id"):  # pytest 9 keeps the id parsed
+                item._id = type(item._id).parse(renamed)
+            else:
+                item._nodeid = renamed
+        ids[item.nodeid] = ids.get(item.nodeid, 0) + 1
+    shared = [nodeid for nodeid, count in ids.items() if count > 1]
+    if shared:
+        raise pytest.UsageError(f"tests share an id, so some would not run: {shared[:3]}")
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(config JSON, checkpoint) of a one-layer open_clip model with seeded random weights."""
