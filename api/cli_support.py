@@ -37,6 +37,14 @@ def _printed_by_a_library(record: logging.LogRecord) -> bool:
     return False
 
 
+def _an_interrupt(record: logging.LogRecord) -> bool:
+    """Whether a library logged the Ctrl-C itself: SQLAlchemy's pool logs, with its traceback,
+    a KeyboardInterrupt that lands while it resets a connection, then raises it on. The
+    command line says "interrupted" in one line of its own."""
+    kind = record.exc_info[0] if record.exc_info else None
+    return kind is not None and issubclass(kind, KeyboardInterrupt)
+
+
 def set_up_logging(verbose: int) -> None:
     """Log to stderr as `pixsearch: LEVEL: message`, libraries quieter unless -v/-vv."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
@@ -49,6 +57,7 @@ def set_up_logging(verbose: int) -> None:
             # open_clip logs its own failures on the root logger; pixsearch reports them
             # itself as one line, so its copy would only say the same thing twice.
             handler.addFilter(lambda r: "open_clip" not in r.pathname)
+            handler.addFilter(lambda r: not _an_interrupt(r))
     root.setLevel(level)
     if verbose < 2:
         for noisy in ("PIL", "urllib3", "filelock"):
